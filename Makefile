@@ -1,0 +1,49 @@
+# metergate: `make demo` and `make test` set themselves up from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install migrate demo test lint typecheck pytest services simulator proxy console bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/metergate db upgrade
+
+demo: install
+	$(BIN)/metergate demo
+
+services:
+	@bash .ci/services
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install services
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+simulator: install
+	$(BIN)/metergate simulator --port 9000
+
+proxy: migrate
+	$(BIN)/metergate serve proxy --port 8080
+
+console: migrate
+	$(BIN)/metergate serve console
+
+clean:
+	rm -rf $(VENV) .metergate .mypy_cache .ruff_cache .pytest_cache

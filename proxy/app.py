@@ -1,0 +1,142 @@
+"""The Flask app factory. All wiring happens here; nothing connects at import time."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, request
+from sqlalchemy import Engine, text
+from werkzeug.exceptions import HTTPException
+
+from proxy.config_cache import ConfigCache
+from proxy.errors import ANTHROPIC, OPENAI, GatewayError, MethodNotAllowed, NotFound
+from proxy.pipeline import Gateway, Pipeline, begin
+from proxy.providers import build_providers
+from proxy.providers.base import Provider
+from proxy.recorder import RecordWriter
+from proxy.routes import anthropic, openai
+from shared.db import engine_for
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+EXTENSION = "metergate"
+
+
+@dataclass(slots=True)
+class AppState:
+    """Per-app state, at ``app.extensions["metergate"]``."""
+
+    settings: Settings
+    engine: Engine
+    config: ConfigCache
+    writer: RecordWriter
+    providers: dict[str, Provider]
+    pipeline: Pipeline
+
+    def close(self) -> None:
+        """Flush records and release connections (tests, graceful shutdown)."""
+        self.config.stop()
+        self.writer.close()
+        for provider in self.providers.values():
+            provider.close()
+        self.engine.dispose()
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    providers: dict[str, Provider] | None = None,
+    start_background: bool = True,
+) -> Flask:
+    """Build the proxy. ``settings`` defaults to the environment."""
+    settings = settings or Settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    engine = engine_for(settings)
+    config = ConfigCache(engine, poll_seconds=settings.config_poll_seconds)
+    writer = RecordWriter(
+        engine,
+        settings.effective_spool_dir,
+        batch_size=settings.record_batch_size,
+        flush_seconds=settings.record_flush_seconds,
+    )
+    providers = providers if providers is not None else build_providers(settings)
+    gateway = Gateway(
+        config=config,
+        providers=providers,
+        writer=writer,
+        max_body_bytes=settings.max_body_bytes,
+        trust_forwarded_for=settings.trust_forwarded_for,
+    )
+    state = AppState(settings, engine, config, writer, providers, Pipeline(gateway))
+    app.extensions[EXTENSION] = state
+    if start_background:
+        writer.start()
+        config.start()
+
+    app.register_blueprint(openai.blueprint)
+    app.register_blueprint(anthropic.blueprint)
+    _register_health(app, state)
+    _register_error_handlers(app, state)
+    return app
+
+
+def _register_health(app: Flask, state: AppState) -> None:
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> tuple[dict[str, Any], int]:
+        checks: dict[str, str] = {}
+        try:
+            with state.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # readiness reports, it does not raise
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        checks["record_writer"] = "spooling" if state.writer.is_db_down else "ok"
+        is_ready = checks["database"] == "ok"
+        body = {
+            "status": "ready" if is_ready else "not ready",
+            "checks": checks,
+            "record_queue_depth": state.writer.queue_depth,
+            "spool_files": len(state.writer.spool_files()),
+        }
+        return body, 200 if is_ready else 503
+
+
+def _dialect_for_path(path: str) -> str:
+    if path.startswith("/v1/messages") or "anthropic-version" in request.headers:
+        return ANTHROPIC
+    return OPENAI
+
+
+def _register_error_handlers(app: Flask, state: AppState) -> None:
+    """Whatever goes wrong outside the pipeline still gets a JSON error and a record."""
+
+    def refuse(error: GatewayError) -> Response:
+        ctx = begin(
+            request,
+            _dialect_for_path(request.path),
+            request.path[:200],
+            state.settings.trust_forwarded_for,
+        )
+        return state.pipeline.refuse(ctx, error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        if exc.code == 404:
+            return refuse(
+                NotFound(f"Unknown route: {request.method} {request.path}.", code="unknown_route")
+            )
+        if exc.code == 405:
+            return refuse(MethodNotAllowed(f"Method {request.method} is not allowed here."))
+        return refuse(GatewayError(exc.description or "Bad request.", status=exc.code or 400))
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("event=unhandled_error path=%s", request.path)
+        return refuse(GatewayError("The gateway failed to handle this request."))

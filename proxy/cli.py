@@ -1,0 +1,401 @@
+"""The ``metergate`` command line. Every command has ``--help``; list commands take ``--json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import click
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared import accounts
+from shared.accounts import AccountError, Limits
+from shared.db import engine_for, transaction, upgrade
+from shared.keys import ENVIRONMENTS
+from shared.models import ApiKey, ModelPrice, Tenant, Tier, User
+from shared.settings import Settings
+
+
+@contextmanager
+def _session() -> Iterator[Session]:
+    engine = engine_for(Settings())
+    try:
+        with transaction(engine) as session:
+            yield session
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        engine.dispose()
+
+
+class DecimalType(click.ParamType[Decimal]):
+    name = "decimal"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return Decimal(str(value))
+        except InvalidOperation:
+            self.fail(f"{value!r} is not a number", param, ctx)
+
+
+DECIMAL = DecimalType()
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _emit(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(list(rows), default=str, indent=2))
+        return
+    widths = {c: max([len(c)] + [len(_cell(r.get(c))) for r in rows]) for c in columns}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        click.echo("  ".join(_cell(row.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+@click.group()
+@click.version_option(package_name="metergate")
+def main() -> None:
+    """metergate: a self-hosted gateway for paid LLM APIs."""
+
+
+# -- db ---------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply migrations (SQLite or PostgreSQL) and seed the model catalogue."""
+    settings = Settings()
+    upgrade(settings.effective_database_url)
+    click.echo("database is up to date", err=True)
+
+
+# -- tenants ----------------------------------------------------------------------------
+
+
+@main.group()
+def tenant() -> None:
+    """Tenants (organisations)."""
+
+
+@tenant.command("create")
+@click.argument("name")
+@click.option("--monthly-usd", type=DECIMAL, help="Monthly USD cap for the whole tenant.")
+def tenant_create(name: str, monthly_usd: Decimal | None) -> None:
+    """Create a tenant."""
+    with _session() as session:
+        row = accounts.create_tenant(session, name, monthly_usd)
+        click.echo(f"created tenant {row.name} (id {row.id})", err=True)
+
+
+@tenant.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def tenant_list(as_json: bool) -> None:
+    """List tenants."""
+    with _session() as session:
+        rows = [
+            {"id": t.id, "name": t.name, "monthly_usd": t.monthly_usd, "created_at": t.created_at}
+            for t in session.scalars(select(Tenant).order_by(Tenant.id))
+        ]
+    _emit(rows, as_json, ("id", "name", "monthly_usd"))
+
+
+# -- tiers ------------------------------------------------------------------------------
+
+LIMIT_COLUMNS = ("rpm", "tpm", "monthly_tokens", "monthly_usd", "max_tokens", "cache_ttl_seconds")
+
+
+def tier_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--rpm", type=click.IntRange(min=0), help="Requests per minute."),
+        click.option("--tpm", type=click.IntRange(min=0), help="Tokens per minute."),
+        click.option("--monthly-tokens", type=click.IntRange(min=0), help="Monthly token quota."),
+        click.option("--monthly-usd", type=DECIMAL, help="Monthly USD budget per user."),
+        click.option("--max-tokens", type=click.IntRange(min=1), help="max_tokens ceiling."),
+        click.option("--cache-ttl", type=click.IntRange(min=0), help="Cache TTL in seconds."),
+        click.option("--models", help="Comma-separated allowed models (default: all)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _limits(**values: Any) -> Limits:
+    return Limits(
+        rpm=values["rpm"],
+        tpm=values["tpm"],
+        monthly_tokens=values["monthly_tokens"],
+        monthly_usd=values["monthly_usd"],
+        max_tokens=values["max_tokens"],
+        cache_ttl_seconds=values["cache_ttl"],
+        models=_csv(values["models"]),
+    )
+
+
+def _tier_row(tier: Tier) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": tier.id, "name": tier.name}
+    row.update({column: getattr(tier, column) for column in LIMIT_COLUMNS})
+    row["models"] = tier.models
+    return row
+
+
+@main.group()
+def tier() -> None:
+    """Tiers: the default limits of their users."""
+
+
+@tier.command("create")
+@click.argument("name")
+@tier_options
+def tier_create(name: str, **values: Any) -> None:
+    """Create a tier. Unset limits are unlimited."""
+    with _session() as session:
+        row = accounts.create_tier(session, name, _limits(**values))
+        click.echo(f"created tier {row.name} (id {row.id})", err=True)
+
+
+@tier.command("update")
+@click.argument("name")
+@tier_options
+def tier_update(name: str, **values: Any) -> None:
+    """Change some of a tier's limits; the others stay as they are."""
+    with _session() as session:
+        row = accounts.update_tier(session, name, _limits(**values))
+        click.echo(f"updated tier {row.name}", err=True)
+
+
+@tier.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def tier_list(as_json: bool) -> None:
+    """List tiers and their limits."""
+    with _session() as session:
+        rows = [_tier_row(t) for t in session.scalars(select(Tier).order_by(Tier.id))]
+    _emit(rows, as_json, ("id", "name", *LIMIT_COLUMNS, "models"))
+
+
+# -- users ------------------------------------------------------------------------------
+
+
+@main.group()
+def user() -> None:
+    """Users: people or apps within a tenant."""
+
+
+@user.command("create")
+@click.argument("email")
+@click.option("--tenant", "tenant_name", required=True, help="Tenant name.")
+@click.option("--tier", "tier_name", required=True, help="Tier name.")
+def user_create(email: str, tenant_name: str, tier_name: str) -> None:
+    """Create a user."""
+    with _session() as session:
+        row = accounts.create_user(session, email, tenant_name, tier_name)
+        click.echo(f"created user {row.email} (id {row.id})", err=True)
+
+
+@user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def user_list(as_json: bool) -> None:
+    """List users."""
+    with _session() as session:
+        rows = [
+            {"id": u.id, "email": u.email, "tenant": u.tenant.name, "tier": u.tier.name}
+            for u in session.scalars(select(User).order_by(User.id))
+        ]
+    _emit(rows, as_json, ("id", "email", "tenant", "tier"))
+
+
+# -- keys -------------------------------------------------------------------------------
+
+
+@main.group()
+def key() -> None:
+    """Gateway keys (mg-…)."""
+
+
+@key.command("create")
+@click.option("--user", "user_email", required=True, help="Owner's email.")
+@click.option("--name", default="", help="A label for the key.")
+@click.option("--env", "environment", type=click.Choice(ENVIRONMENTS), default="prod")
+@click.option("--models", help="Comma-separated allowed models (default: the tier's).")
+@click.option("--expires-in-days", type=click.IntRange(min=1), help="Expire after N days.")
+def key_create(
+    user_email: str,
+    name: str,
+    environment: str,
+    models: str | None,
+    expires_in_days: int | None,
+) -> None:
+    """Create a key. Prints only the secret on stdout; it is not shown again."""
+    with _session() as session:
+        row, secret = accounts.create_key(
+            session,
+            user_email,
+            name=name,
+            environment=environment,
+            models=_csv(models),
+            expires_in_days=expires_in_days,
+        )
+        click.echo(f"created key {row.prefix}… (id {row.id}); store it now", err=True)
+    click.echo(secret)
+
+
+@key.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def key_list(as_json: bool) -> None:
+    """List keys (prefixes only; secrets are never stored)."""
+    with _session() as session:
+        rows = [
+            {
+                "id": k.id,
+                "prefix": k.prefix,
+                "name": k.name,
+                "user": k.user.email,
+                "env": k.environment,
+                "models": k.models,
+                "expires_at": k.expires_at,
+                "revoked_at": k.revoked_at,
+                "created_at": k.created_at,
+            }
+            for k in session.scalars(select(ApiKey).order_by(ApiKey.id))
+        ]
+    _emit(rows, as_json, ("id", "prefix", "name", "user", "env", "models", "revoked_at"))
+
+
+@key.command("revoke")
+@click.argument("id_or_prefix")
+def key_revoke(id_or_prefix: str) -> None:
+    """Revoke a key by id or display prefix. Every proxy process refuses it within seconds."""
+    with _session() as session:
+        row = accounts.revoke_key(session, id_or_prefix)
+        click.echo(f"revoked key {row.prefix}… (id {row.id})", err=True)
+
+
+# -- models -----------------------------------------------------------------------------
+
+
+@main.group()
+def model() -> None:
+    """The model catalogue and its prices (USD per 1M tokens)."""
+
+
+@model.command("add")
+@click.argument("name")
+@click.option("--provider", type=click.Choice(["openai", "anthropic"]), required=True)
+@click.option("--upstream-model", help="The provider's name for it (default: NAME).")
+@click.option("--input-per-mtok", type=DECIMAL, required=True)
+@click.option("--output-per-mtok", type=DECIMAL, required=True)
+@click.option("--cached-input-per-mtok", type=DECIMAL, help="Cache-read price (default: input).")
+@click.option("--cache-write-per-mtok", type=DECIMAL, help="Cache-write price (default: input).")
+def model_add(name: str, provider: str, upstream_model: str | None, **prices: Decimal) -> None:
+    """Add a model, or change the prices of one."""
+    with _session() as session:
+        accounts.upsert_model(
+            session, name, provider=provider, upstream_model=upstream_model, **prices
+        )
+        click.echo(f"saved model {name}", err=True)
+
+
+@model.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def model_list(as_json: bool) -> None:
+    """List the catalogue."""
+    columns = (
+        "name",
+        "provider",
+        "upstream_model",
+        "input_per_mtok",
+        "cached_input_per_mtok",
+        "cache_write_per_mtok",
+        "output_per_mtok",
+    )
+    with _session() as session:
+        rows = [
+            {c: getattr(m, c) for c in columns}
+            for m in session.scalars(
+                select(ModelPrice).order_by(ModelPrice.provider, ModelPrice.name)
+            )
+        ]
+    _emit(rows, as_json, columns)
+
+
+# -- servers ----------------------------------------------------------------------------
+
+
+@main.group()
+def serve() -> None:
+    """Run the proxy or the console."""
+
+
+@serve.command("proxy")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--worker-class",
+    type=click.Choice(["gthread", "gevent", "sync"]),
+    default="gthread",
+    show_default=True,
+    help="gunicorn worker model.",
+)
+@click.option("--threads", default=32, show_default=True, type=click.IntRange(min=1))
+def serve_proxy(host: str, port: int, workers: int, worker_class: str, threads: int) -> None:
+    """Serve the proxy with gunicorn (migrates the database first)."""
+    from proxy.server import run_gunicorn
+
+    upgrade(Settings().effective_database_url)
+    run_gunicorn(host=host, port=port, workers=workers, worker_class=worker_class, threads=threads)
+
+
+@serve.command("console")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8501, show_default=True, type=int)
+def serve_console(host: str, port: int) -> None:
+    """Serve the Streamlit console."""
+    from proxy.server import run_console
+
+    sys.exit(run_console(host=host, port=port))
+
+
+@main.command("simulator")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=9000, show_default=True, type=int)
+@click.option("--latency-ms", default=0.0, show_default=True, type=float)
+@click.option("--token-delay-ms", default=0.0, show_default=True, type=float)
+def simulator(host: str, port: int, latency_ms: float, token_delay_ms: float) -> None:
+    """Run the simulated OpenAI + Anthropic upstream."""
+    from proxy.simulator import SimulatorConfig, run
+
+    run(host, port, SimulatorConfig(latency_ms=latency_ms, token_delay_ms=token_delay_ms))
+
+
+@main.command("demo")
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--requests", "request_count", default=300, show_default=True, type=int)
+@click.option("--no-serve", is_flag=True, help="Exit after sending the traffic.")
+def demo(port: int, request_count: int, no_serve: bool) -> None:
+    """Embedded demo: seed accounts, send traffic through the proxy, keep serving."""
+    from proxy.demo import run_demo
+
+    run_demo(port=port, request_count=request_count, keep_serving=not no_serve)

@@ -1,0 +1,99 @@
+"""The call context: what the pipeline learns about one call, and its record."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from proxy.config_cache import Principal
+from proxy.endpoints.base import RequestFacts
+from shared.catalogue import ModelEntry
+from shared.pricing import Usage
+from shared.records import CallRecord
+
+
+@dataclass(slots=True)
+class CallContext:
+    """Mutable state of one call; turned into exactly one ``CallRecord``."""
+
+    dialect: str
+    endpoint: str
+    client_request_id: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+    session_id: str | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=time.perf_counter)
+    raw_body: bytes = b""
+    principal: Principal | None = None
+    facts: RequestFacts | None = None
+    model: ModelEntry | None = None
+    upstream_seconds: float = 0.0
+    first_token_at: float | None = None
+    status: int = 200
+    error_code: str | None = None
+    error_message: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: Decimal = Decimal(0)
+    response_body: str | None = None
+    upstream_request_id: str | None = None
+    is_cached: bool = False
+    attempts: list[dict[str, Any]] | None = None
+
+    @property
+    def request_id(self) -> str:
+        """The id the client sees in ``x-request-id``: its own if it sent one."""
+        return self.client_request_id or self.id
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0
+
+    def overhead_ms(self) -> float:
+        return max(0.0, self.elapsed_ms() - self.upstream_seconds * 1000.0)
+
+    def to_record(self) -> CallRecord:
+        latency_ms = self.elapsed_ms()
+        principal = self.principal
+        facts = self.facts
+        model = self.model
+        return CallRecord(
+            id=self.id,
+            client_request_id=self.client_request_id,
+            created_at=self.created_at,
+            finished_at=self.created_at + timedelta(milliseconds=latency_ms),
+            tenant_id=principal.tenant_id if principal else None,
+            user_id=principal.user_id if principal else None,
+            key_id=principal.key_id if principal else None,
+            dialect=self.dialect,
+            endpoint=self.endpoint,
+            model=model.name if model else (facts.model if facts else None),
+            provider=model.provider if model else None,
+            upstream_model=model.upstream_model if model else None,
+            is_stream=facts.is_stream if facts else False,
+            status=self.status,
+            error_code=self.error_code,
+            error_message=self.error_message,
+            prompt_tokens=self.usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens,
+            cache_read_tokens=self.usage.cache_read_tokens,
+            cache_write_tokens=self.usage.cache_write_tokens,
+            cost_usd=self.cost_usd,
+            session_id=self.session_id,
+            end_user=facts.end_user if facts else None,
+            latency_ms=latency_ms,
+            upstream_latency_ms=self.upstream_seconds * 1000.0 if self.upstream_seconds else None,
+            ttft_ms=(self.first_token_at - self.started) * 1000.0 if self.first_token_at else None,
+            overhead_ms=max(0.0, latency_ms - self.upstream_seconds * 1000.0),
+            client_ip=self.client_ip,
+            user_agent=self.user_agent,
+            is_cached=self.is_cached,
+            upstream_request_id=self.upstream_request_id,
+            attempts=self.attempts,
+            request_body=self.raw_body.decode("utf-8", "replace") if self.raw_body else None,
+            response_body=self.response_body,
+        )

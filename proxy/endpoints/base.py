@@ -1,0 +1,91 @@
+"""What the pipeline needs to know about an endpoint: how to read its request and answer.
+
+An endpoint adapter is pure: no I/O, no Flask. The pipeline owns the order of
+stages; the adapter only translates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from proxy.endpoints.sse import SseEvent
+from shared.pricing import Usage
+
+JsonObject = dict[str, Any]
+
+
+@dataclass(slots=True)
+class RequestFacts:
+    """What an endpoint read from a request body."""
+
+    model: str
+    is_stream: bool
+    end_user: str | None = None
+    max_tokens: int | None = None
+    wants_stream_usage: bool = False
+    prompt_text: list[str] = field(default_factory=list)
+
+
+class StreamReader(Protocol):
+    """Follows one streamed answer: usage, the assembled body, what to forward."""
+
+    def feed(self, event: SseEvent) -> bytes | None:
+        """Take one event; returns the bytes to forward to the client (None: drop it)."""
+        ...
+
+    def usage(self) -> Usage: ...
+
+    def assembled(self) -> JsonObject:
+        """The answer as one body, as a non-streamed call would have returned it."""
+        ...
+
+    @property
+    def is_complete(self) -> bool:
+        """True once the terminal event arrived (a truncated stream never gets here)."""
+        ...
+
+    @property
+    def upstream_id(self) -> str | None: ...
+
+
+class Endpoint(Protocol):
+    name: str  # e.g. "chat.completions": recorded as the record's endpoint
+    dialect: str  # the caller's dialect for errors: "openai" or "anthropic"
+    provider: str  # the provider serving this route
+    upstream_path: str  # relative to the provider SDK's base URL
+
+    def read_request(self, body: JsonObject, headers: dict[str, str]) -> RequestFacts:
+        """Validate and read the body; raises InvalidRequest naming the field."""
+        ...
+
+    def upstream_body(
+        self, body: JsonObject, facts: RequestFacts, upstream_model: str
+    ) -> JsonObject:
+        """The body to send upstream (unknown fields untouched)."""
+        ...
+
+    def read_usage(self, answer: JsonObject) -> Usage: ...
+
+    def stream_reader(self, facts: RequestFacts) -> StreamReader: ...
+
+
+def text_of(content: Any) -> list[str]:
+    """The text parts of a message content (a string or a list of typed blocks)."""
+    if isinstance(content, str):
+        return [content]
+    texts: list[str] = []
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict):
+                for key in ("text", "content", "input_text"):
+                    value = block.get(key)
+                    if isinstance(value, str):
+                        texts.append(value)
+                    elif isinstance(value, list):
+                        texts.extend(text_of(value))
+    return texts
+
+
+def int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

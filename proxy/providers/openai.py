@@ -1,0 +1,45 @@
+"""OpenAI through the official ``openai`` SDK."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+
+from proxy.providers.base import UpstreamResponse, UpstreamUnreachable
+from proxy.providers.sdk import send_raw, timeout_for
+from shared.settings import Settings
+
+ERRORS = (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError)
+
+
+class OpenAIProvider:
+    name = "openai"
+
+    def __init__(self, settings: Settings) -> None:
+        self._has_key = bool(settings.openai_api_key.get_secret_value())
+        self._client = openai.OpenAI(
+            api_key=settings.openai_api_key.get_secret_value() or "unset",
+            base_url=settings.openai_base_url,
+            max_retries=0,
+            timeout=timeout_for(
+                settings.upstream_connect_timeout_seconds,
+                settings.upstream_first_byte_timeout_seconds,
+                settings.upstream_read_timeout_seconds,
+            ),
+        )
+
+    def send(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> UpstreamResponse:
+        self._require_key()
+        return send_raw(self._client, "POST", path, body, headers, ERRORS)
+
+    def get(self, path: str, headers: dict[str, str]) -> UpstreamResponse:
+        self._require_key()
+        return send_raw(self._client, "GET", path, None, headers, ERRORS)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _require_key(self) -> None:
+        if not self._has_key:
+            raise UpstreamUnreachable("OPENAI_API_KEY is not set on the gateway")

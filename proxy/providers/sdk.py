@@ -1,0 +1,53 @@
+"""Both providers' SDKs share one client core; this drives it for raw pass-through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+
+from proxy.providers.base import (
+    UpstreamHttpError,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+
+RAW_STREAM = {"X-Stainless-Raw-Response": "stream"}
+
+
+def send_raw(
+    client: Any,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    headers: dict[str, str],
+    errors: tuple[type[Exception], type[Exception], type[Exception]],
+) -> UpstreamResponse:
+    """Send through an SDK client and return the unread 2xx response.
+
+    ``errors`` is the SDK's (APIStatusError, APITimeoutError, APIConnectionError).
+    ``X-Stainless-Raw-Response: stream`` makes the SDK hand back the raw response
+    without reading it, so bodies and SSE bytes reach the caller unchanged.
+    """
+    status_error, timeout_error, connection_error = errors
+    options: dict[str, Any] = {"headers": {**headers, **RAW_STREAM}}
+    try:
+        if method == "GET":
+            response = client.get(path, cast_to=httpx2.Response, options=options)
+        else:
+            response = client.post(path, cast_to=httpx2.Response, body=body, options=options)
+    except status_error as exc:
+        raw: httpx2.Response = exc.response  # type: ignore[attr-defined]
+        raise UpstreamHttpError(
+            raw.status_code, raw.content, {k.lower(): v for k, v in raw.headers.items()}
+        ) from exc
+    except timeout_error as exc:
+        raise UpstreamTimeout("the provider did not answer in time") from exc
+    except connection_error as exc:
+        raise UpstreamUnreachable("the provider could not be reached") from exc
+    return UpstreamResponse(response)
+
+
+def timeout_for(connect: float, first_byte: float, read: float) -> httpx2.Timeout:
+    return httpx2.Timeout(connect=connect, read=max(first_byte, read), write=30.0, pool=connect)

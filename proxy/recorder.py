@@ -1,0 +1,291 @@
+"""The record writer: batches records to SQL off the request path, spools to disk when it can't.
+
+Guarantees, given idempotent ``write_records`` (keyed by the gateway's UUID):
+
+- ``submit`` never blocks the request and never raises.
+- A batch the database refuses for connectivity reasons is written to a spool
+  file (fsync'd, renamed into place) and replayed, oldest first, once the
+  database answers again. A file is deleted only after its batch committed, so
+  a crash in between makes the batch be written again, which inserts nothing.
+- A record the database rejects as data (it should not happen) is parked in
+  ``spool/rejected`` with an error log line, never dropped silently.
+- ``close`` drains the queue (to SQL, or to the spool) before the process exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from shared.records import CallRecord, write_records
+
+log = logging.getLogger(__name__)
+
+SPOOL_SUFFIX = ".jsonl"
+CLAIM_MARK = ".claimed."
+RETRY_SECONDS = 1.0
+CAUGHT_ERRORS = (DBAPIError, PoolTimeout)
+
+
+@dataclass(slots=True)
+class _FlushMark:
+    done: threading.Event
+
+
+class RecordWriter:
+    """One per process. Thread-safe ``submit``; a single writer thread does the rest."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        spool_dir: Path,
+        *,
+        batch_size: int = 200,
+        flush_seconds: float = 0.2,
+        write: Callable[[Engine, Sequence[CallRecord]], None] = write_records,
+    ) -> None:
+        self._engine = engine
+        self._spool_dir = spool_dir
+        self._rejected_dir = spool_dir / "rejected"
+        self._batch_size = batch_size
+        self._flush_seconds = flush_seconds
+        self._write = write
+        self._queue: queue.SimpleQueue[CallRecord | _FlushMark | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._is_db_down = False
+        self._next_retry = 0.0
+        self._closed = False
+        self.written_count = 0
+        self.spooled_count = 0
+
+    # -- public ---------------------------------------------------------------------
+
+    def submit(self, record: CallRecord) -> None:
+        self._queue.put(record)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def is_db_down(self) -> bool:
+        return self._is_db_down
+
+    def spool_files(self) -> list[Path]:
+        if not self._spool_dir.exists():
+            return []
+        return sorted(self._spool_dir.glob("*" + SPOOL_SUFFIX))
+
+    def start(self) -> None:
+        """Start the writer thread in this process (call again after a fork)."""
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        self._reclaim_orphans()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="record-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every record submitted before this call is written or spooled."""
+        if self._thread is None or not self._thread.is_alive():
+            return self.queue_depth == 0
+        mark = _FlushMark(threading.Event())
+        self._queue.put(mark)
+        return mark.done.wait(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Drain the queue and stop the thread. Records left go to the spool."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        leftovers = self._drain_nowait()
+        if leftovers:
+            self._spool(leftovers)
+
+    # -- writer thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch, marks, stop = self._take_batch()
+            try:
+                if batch:
+                    self._write_or_spool(batch)
+                if not self._is_db_down or time.monotonic() >= self._next_retry:
+                    self._replay_spool()
+            except Exception:  # the thread must outlive any one failure
+                log.exception("event=record_writer_error")
+            finally:
+                for mark in marks:
+                    mark.done.set()
+            if stop:
+                return
+
+    def _take_batch(self) -> tuple[list[CallRecord], list[_FlushMark], bool]:
+        batch: list[CallRecord] = []
+        marks: list[_FlushMark] = []
+        wait = RETRY_SECONDS if self._is_db_down else self._flush_seconds
+        try:
+            item = self._queue.get(timeout=wait)
+        except queue.Empty:
+            return batch, marks, False
+        deadline = time.monotonic() + self._flush_seconds
+        while True:
+            if item is None:
+                return batch, marks, True
+            if isinstance(item, _FlushMark):
+                marks.append(item)
+                return batch, marks, False
+            batch.append(item)
+            if len(batch) >= self._batch_size:
+                return batch, marks, False
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return batch, marks, False
+
+    def _drain_nowait(self) -> list[CallRecord]:
+        records: list[CallRecord] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return records
+            if isinstance(item, CallRecord):
+                records.append(item)
+            elif isinstance(item, _FlushMark):
+                item.done.set()
+
+    def _write_or_spool(self, batch: list[CallRecord]) -> None:
+        if self._is_db_down and time.monotonic() < self._next_retry:
+            self._spool(batch)
+            return
+        try:
+            self._write_checked(batch)
+        except CAUGHT_ERRORS as exc:
+            self._mark_down(exc)
+            self._spool(batch)
+        except Exception:  # a bug must not cost records: keep them on disk
+            log.exception("event=record_write_failed records=%d", len(batch))
+            self._spool(batch)
+
+    def _write_checked(self, batch: Sequence[CallRecord]) -> None:
+        """Write a batch; isolate records the database rejects as data."""
+        try:
+            self._write(self._engine, batch)
+        except DBAPIError as exc:
+            if _is_transient(exc):
+                raise
+            if len(batch) == 1:
+                self._reject(batch[0], exc)
+            else:
+                for record in batch:
+                    self._write_checked([record])
+                return
+        else:
+            self.written_count += len(batch)
+        if self._is_db_down:
+            log.info("event=database_back")
+        self._is_db_down = False
+
+    def _mark_down(self, exc: Exception) -> None:
+        if not self._is_db_down:
+            log.warning("event=database_unavailable error=%s", type(exc).__name__)
+        self._is_db_down = True
+        self._next_retry = time.monotonic() + RETRY_SECONDS
+
+    # -- spool ---------------------------------------------------------------------
+
+    def _spool(self, batch: Sequence[CallRecord], directory: Path | None = None) -> Path:
+        directory = directory or self._spool_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = directory / (name + ".tmp")
+        with tmp.open("wb") as handle:
+            for record in batch:
+                handle.write(record.model_dump_json().encode() + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        final = directory / (name + SPOOL_SUFFIX)
+        tmp.rename(final)
+        if directory == self._spool_dir:
+            self.spooled_count += len(batch)
+        return final
+
+    def _replay_spool(self) -> None:
+        for path in self.spool_files():
+            claimed = path.with_name(path.name + CLAIM_MARK + str(os.getpid()))
+            try:
+                path.rename(claimed)
+            except FileNotFoundError:
+                continue  # another process took it
+            try:
+                records = [
+                    CallRecord.model_validate_json(line)
+                    for line in claimed.read_bytes().splitlines()
+                    if line.strip()
+                ]
+            except ValueError:
+                self._rejected_dir.mkdir(parents=True, exist_ok=True)
+                claimed.rename(self._rejected_dir / path.name)
+                log.error("event=spool_file_unreadable file=%s", path.name)
+                continue
+            try:
+                self._write_checked(records)
+            except CAUGHT_ERRORS as exc:
+                claimed.rename(path)
+                self._mark_down(exc)
+                return
+            claimed.unlink()
+            self.spooled_count = max(0, self.spooled_count - len(records))
+            log.info("event=spool_replayed records=%d file=%s", len(records), path.name)
+
+    def _reclaim_orphans(self) -> None:
+        """Put back files claimed by processes that died mid-replay."""
+        for path in self._spool_dir.glob("*" + SPOOL_SUFFIX + CLAIM_MARK + "*"):
+            pid = int(path.name.rsplit(".", 1)[-1])
+            if pid == os.getpid() or not _is_alive(pid):
+                path.rename(path.with_name(path.name.split(CLAIM_MARK, 1)[0]))
+        for tmp in self._spool_dir.glob("*.tmp"):
+            pid = int(tmp.name.split("-")[1])
+            if not _is_alive(pid):
+                tmp.unlink()
+
+    def _reject(self, record: CallRecord, exc: Exception) -> None:
+        path = self._spool([record], self._rejected_dir)
+        log.error(
+            "event=record_rejected id=%s error=%s parked=%s", record.id, type(exc).__name__, path
+        )
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    """Connectivity trouble (retry later), as opposed to data the database refuses."""
+    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,212 @@
+"""Tenants, tiers, users, keys and prices: the writes behind the CLI, console and admin API.
+
+Every write calls ``announce_change`` in the same transaction so each proxy
+process drops its cached config within ``config_poll_seconds``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from shared.catalogue import PROVIDERS
+from shared.keys import ENVIRONMENTS, generate_key
+from shared.models import ApiKey, ConfigState, ModelPrice, Tenant, Tier, User
+
+CONFIG_STATE_ID = 1
+
+
+class AccountError(ValueError):
+    """A write that cannot be done as asked (unknown name, duplicate, bad value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Overridable limits. ``None`` means "not set here" (inherit, or unlimited on a tier)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    monthly_tokens: int | None = None
+    monthly_usd: Decimal | None = None
+    max_tokens: int | None = None
+    cache_ttl_seconds: int | None = None
+    models: list[str] | None = None
+
+    def set_values(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+    def validate(self) -> None:
+        for name, value in self.set_values().items():
+            if name != "models" and value < 0:
+                raise AccountError(f"{name} must not be negative (got {value})")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def announce_change(session: Session) -> int:
+    """Bump the config version (in this transaction); returns the new version."""
+    state = session.get(ConfigState, CONFIG_STATE_ID)
+    if state is None:
+        state = ConfigState(id=CONFIG_STATE_ID, version=0, updated_at=now_utc())
+        session.add(state)
+    state.version += 1
+    state.updated_at = now_utc()
+    session.flush()
+    return state.version
+
+
+def create_tenant(session: Session, name: str, monthly_usd: Decimal | None = None) -> Tenant:
+    if session.scalar(select(Tenant).where(Tenant.name == name)) is not None:
+        raise AccountError(f"tenant {name!r} already exists")
+    if monthly_usd is not None and monthly_usd < 0:
+        raise AccountError("monthly_usd must not be negative")
+    tenant = Tenant(name=name, monthly_usd=monthly_usd, created_at=now_utc())
+    session.add(tenant)
+    announce_change(session)
+    return tenant
+
+
+def get_tenant(session: Session, name: str) -> Tenant:
+    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        raise AccountError(f"no tenant named {name!r}")
+    return tenant
+
+
+def create_tier(session: Session, name: str, limits: Limits) -> Tier:
+    limits.validate()
+    if session.scalar(select(Tier).where(Tier.name == name)) is not None:
+        raise AccountError(f"tier {name!r} already exists")
+    tier = Tier(name=name, created_at=now_utc(), **limits.set_values())
+    session.add(tier)
+    announce_change(session)
+    return tier
+
+
+def update_tier(session: Session, name: str, limits: Limits) -> Tier:
+    limits.validate()
+    tier = get_tier(session, name)
+    for field_name, value in limits.set_values().items():
+        setattr(tier, field_name, value)
+    announce_change(session)
+    return tier
+
+
+def get_tier(session: Session, name: str) -> Tier:
+    tier = session.scalar(select(Tier).where(Tier.name == name))
+    if tier is None:
+        raise AccountError(f"no tier named {name!r}")
+    return tier
+
+
+def create_user(session: Session, email: str, tenant_name: str, tier_name: str) -> User:
+    if session.scalar(select(User).where(User.email == email)) is not None:
+        raise AccountError(f"user {email!r} already exists")
+    user = User(
+        email=email,
+        tenant=get_tenant(session, tenant_name),
+        tier=get_tier(session, tier_name),
+        created_at=now_utc(),
+    )
+    session.add(user)
+    announce_change(session)
+    return user
+
+
+def get_user(session: Session, email: str) -> User:
+    user = session.scalar(select(User).where(User.email == email))
+    if user is None:
+        raise AccountError(f"no user with email {email!r}")
+    return user
+
+
+def create_key(
+    session: Session,
+    user_email: str,
+    *,
+    name: str = "",
+    environment: str = "prod",
+    models: list[str] | None = None,
+    expires_in_days: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the secret, which is not stored anywhere."""
+    if environment not in ENVIRONMENTS:
+        raise AccountError(f"environment must be one of {', '.join(ENVIRONMENTS)}")
+    if expires_in_days is not None and expires_in_days <= 0:
+        raise AccountError("expires_in_days must be positive")
+    user = get_user(session, user_email)
+    new = generate_key()
+    created = now_utc()
+    key = ApiKey(
+        user=user,
+        name=name,
+        prefix=new.prefix,
+        secret_hash=new.secret_hash,
+        environment=environment,
+        models=models or None,
+        created_at=created,
+        expires_at=created + timedelta(days=expires_in_days) if expires_in_days else None,
+    )
+    session.add(key)
+    announce_change(session)
+    return key, new.secret
+
+
+def revoke_key(session: Session, id_or_prefix: str) -> ApiKey:
+    """Revoke one key by numeric id or display prefix (the prefix must be unambiguous)."""
+    conditions = [ApiKey.prefix == id_or_prefix]
+    if id_or_prefix.isdigit():
+        conditions.append(ApiKey.id == int(id_or_prefix))
+    matches = list(session.scalars(select(ApiKey).where(or_(*conditions))))
+    if not matches:
+        raise AccountError(f"no key with id or prefix {id_or_prefix!r}")
+    if len(matches) > 1:
+        raise AccountError(f"{id_or_prefix!r} matches {len(matches)} keys; use the id")
+    key = matches[0]
+    if key.revoked_at is None:
+        key.revoked_at = now_utc()
+        announce_change(session)
+    return key
+
+
+def upsert_model(
+    session: Session,
+    name: str,
+    *,
+    provider: str,
+    upstream_model: str | None,
+    input_per_mtok: Decimal,
+    output_per_mtok: Decimal,
+    cached_input_per_mtok: Decimal | None = None,
+    cache_write_per_mtok: Decimal | None = None,
+) -> ModelPrice:
+    """Add a model or change its prices. Unset cache prices default to the input price."""
+    if provider not in PROVIDERS:
+        raise AccountError(f"provider must be one of {', '.join(PROVIDERS)}")
+    prices = [input_per_mtok, output_per_mtok, cached_input_per_mtok, cache_write_per_mtok]
+    if any(p is not None and p < 0 for p in prices):
+        raise AccountError("prices must not be negative")
+    row = session.get(ModelPrice, name) or ModelPrice(name=name)
+    row.provider = provider
+    row.upstream_model = upstream_model or name
+    row.input_per_mtok = input_per_mtok
+    row.output_per_mtok = output_per_mtok
+    row.cached_input_per_mtok = (
+        cached_input_per_mtok if cached_input_per_mtok is not None else input_per_mtok
+    )
+    row.cache_write_per_mtok = (
+        cache_write_per_mtok if cache_write_per_mtok is not None else input_per_mtok
+    )
+    row.updated_at = now_utc()
+    session.add(row)
+    announce_change(session)
+    return row

@@ -1,0 +1,189 @@
+"""SQLAlchemy 2.0 models: accounts, the model catalogue and the request log.
+
+Tenant (organisation) -> user -> key. A user has a tier; users and keys can
+override the tier's limits (a NULL override means "use the tier's value").
+A request record's bodies live in ``request_bodies`` so the metadata row stays
+small for dashboards.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+Money = Numeric(18, 8)
+Price = Numeric(12, 6)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class LimitsMixin:
+    """The overridable limits; on a tier they are the defaults."""
+
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    monthly_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    monthly_usd: Mapped[Decimal | None] = mapped_column(Money)
+    max_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_ttl_seconds: Mapped[int | None] = mapped_column(Integer)
+    models: Mapped[list[str] | None] = mapped_column(JSON)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    monthly_usd: Mapped[Decimal | None] = mapped_column(Money)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    users: Mapped[list[User]] = relationship(back_populates="tenant")
+
+
+class Tier(LimitsMixin, Base):
+    __tablename__ = "tiers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class User(LimitsMixin, Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    tier_id: Mapped[int] = mapped_column(ForeignKey("tiers.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    tenant: Mapped[Tenant] = relationship(back_populates="users")
+    tier: Mapped[Tier] = relationship()
+    keys: Mapped[list[ApiKey]] = relationship(back_populates="user")
+
+
+class ApiKey(LimitsMixin, Base):
+    """A gateway key. Only its SHA-256 hash and a display prefix are stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prefix: Mapped[str] = mapped_column(String(32), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    environment: Mapped[str] = mapped_column(String(16), default="prod")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship(back_populates="keys")
+
+
+class ModelPrice(Base):
+    """The model catalogue: public name -> provider, upstream name, USD per 1M tokens."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    upstream_model: Mapped[str] = mapped_column(String(200))
+    input_per_mtok: Mapped[Decimal] = mapped_column(Price)
+    cached_input_per_mtok: Mapped[Decimal] = mapped_column(Price)
+    cache_write_per_mtok: Mapped[Decimal] = mapped_column(Price)
+    output_per_mtok: Mapped[Decimal] = mapped_column(Price)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ConfigState(Base):
+    """One row whose version changes whenever keys, tiers, caps or prices change."""
+
+    __tablename__ = "config_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RequestRecord(Base):
+    """One call that reached the proxy, refused ones included."""
+
+    __tablename__ = "request_records"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    client_request_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    tenant_id: Mapped[int | None] = mapped_column(Integer)
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    key_id: Mapped[int | None] = mapped_column(Integer)
+    dialect: Mapped[str] = mapped_column(String(16))
+    endpoint: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str | None] = mapped_column(String(200))
+    provider: Mapped[str | None] = mapped_column(String(32))
+    upstream_model: Mapped[str | None] = mapped_column(String(200))
+    is_stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[int] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(100))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    session_id: Mapped[str | None] = mapped_column(String(200))
+    end_user: Mapped[str | None] = mapped_column(String(200))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    upstream_latency_ms: Mapped[float | None] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    overhead_ms: Mapped[float | None] = mapped_column(Float)
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(500))
+    is_cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    upstream_request_id: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+
+    __table_args__ = (
+        Index("ix_request_records_tenant_created", "tenant_id", "created_at"),
+        Index("ix_request_records_user_created", "user_id", "created_at"),
+        Index("ix_request_records_session", "session_id"),
+    )
+
+
+class RequestBody(Base):
+    """The request and response bodies of one record (streams assembled)."""
+
+    __tablename__ = "request_bodies"
+
+    record_id: Mapped[str] = mapped_column(
+        ForeignKey("request_records.id", ondelete="CASCADE"), primary_key=True
+    )
+    request_body: Mapped[str | None] = mapped_column(Text)
+    response_body: Mapped[str | None] = mapped_column(Text)

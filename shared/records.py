@@ -1,0 +1,121 @@
+"""The record of one call, and its idempotent write to SQL.
+
+Records are keyed by the gateway's own UUID, and written with
+``INSERT ... ON CONFLICT DO NOTHING``: writing a batch twice (after a crash
+between commit and spool clean-up) never duplicates a record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, overload
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import Engine, Insert, String
+from sqlalchemy.dialects import postgresql, sqlite
+
+from shared.models import RequestBody, RequestRecord
+
+BODY_FIELDS = ("request_body", "response_body")
+
+
+class CallRecord(BaseModel):
+    """Everything logged about one call. Crosses from the proxy to the writer and spool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    client_request_id: str | None = None
+    created_at: datetime
+    finished_at: datetime
+    tenant_id: int | None = None
+    user_id: int | None = None
+    key_id: int | None = None
+    dialect: str
+    endpoint: str
+    model: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    is_stream: bool = False
+    status: int
+    error_code: str | None = None
+    error_message: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    session_id: str | None = None
+    end_user: str | None = None
+    latency_ms: float
+    upstream_latency_ms: float | None = None
+    ttft_ms: float | None = None
+    overhead_ms: float | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+    is_cached: bool = False
+    upstream_request_id: str | None = None
+    attempts: list[dict[str, Any]] | None = None
+    request_body: str | None = None
+    response_body: str | None = None
+
+
+_STRING_LENGTHS: dict[str, int] = {
+    column.name: column.type.length
+    for column in RequestRecord.__table__.columns
+    if isinstance(column.type, String) and column.type.length
+}
+
+
+def _insert(engine: Engine, table: Any) -> Insert:
+    if engine.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if engine.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"unsupported database dialect {engine.dialect.name}")
+
+
+def write_records(engine: Engine, records: Sequence[CallRecord]) -> None:
+    """Write a batch in one transaction; records already present are skipped.
+
+    Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot take them;
+    the caller keeps the batch (spools it) and tries again later.
+    """
+    if not records:
+        return
+    metadata_rows = []
+    body_rows = []
+    for record in records:
+        row = record.model_dump(exclude=set(BODY_FIELDS))
+        for name, length in _STRING_LENGTHS.items():
+            value = row.get(name)
+            if isinstance(value, str):
+                row[name] = _clean_text(value)[:length]
+        if row["error_message"] is not None:
+            row["error_message"] = _clean_text(row["error_message"])
+        metadata_rows.append(row)
+        body_rows.append(
+            {
+                "record_id": record.id,
+                "request_body": _clean_text(record.request_body),
+                "response_body": _clean_text(record.response_body),
+            }
+        )
+    with engine.begin() as connection:
+        connection.execute(_insert(engine, RequestRecord.__table__), metadata_rows)
+        connection.execute(_insert(engine, RequestBody.__table__), body_rows)
+
+
+@overload
+def _clean_text(text: str) -> str: ...
+@overload
+def _clean_text(text: None) -> None: ...
+def _clean_text(text: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL or lone surrogates; keep everything else."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -1,0 +1,107 @@
+"""Settings, read once from ``METERGATE_*`` environment variables.
+
+Every field here is listed in the README's settings table (a test checks it).
+The providers' own variables (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``,
+``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL``) keep their standard names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path(".metergate")
+
+
+class Settings(BaseSettings):
+    """Deployment settings. Unset values give the embedded mode (SQLite, no Redis)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="METERGATE_", extra="ignore", populate_by_name=True
+    )
+
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR, description="Directory for the SQLite file and the record spool."
+    )
+    database_url: str = Field(
+        "", description="SQLAlchemy URL; postgresql:// or postgresql+psycopg://. Unset: SQLite."
+    )
+    redis_url: str = Field("", description="redis://host:port/db. Unset: in-process storage.")
+
+    openai_api_key: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("OPENAI_API_KEY"),
+        description="Provider key for OpenAI (never stored in the database).",
+    )
+    openai_base_url: str = Field(
+        "https://api.openai.com/v1",
+        validation_alias=AliasChoices("OPENAI_BASE_URL"),
+        description="OpenAI API base URL.",
+    )
+    anthropic_api_key: SecretStr = Field(
+        SecretStr(""),
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY"),
+        description="Provider key for Anthropic (never stored in the database).",
+    )
+    anthropic_base_url: str = Field(
+        "https://api.anthropic.com",
+        validation_alias=AliasChoices("ANTHROPIC_BASE_URL"),
+        description="Anthropic API base URL.",
+    )
+
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, description="Largest request body accepted, in bytes (413 above)."
+    )
+    upstream_connect_timeout_seconds: float = Field(
+        5.0, description="Connect timeout for upstream calls."
+    )
+    upstream_first_byte_timeout_seconds: float = Field(
+        30.0, description="Deadline for the upstream's first byte (504 after it)."
+    )
+    upstream_read_timeout_seconds: float = Field(
+        30.0, description="Longest silence allowed between streamed upstream chunks."
+    )
+    config_poll_seconds: float = Field(
+        1.0, description="How often each proxy process checks for config changes."
+    )
+    record_batch_size: int = Field(200, description="Records written per database batch.")
+    record_flush_seconds: float = Field(
+        0.2, description="Longest wait before queued records are written."
+    )
+    spool_dir: Path | None = Field(
+        None, description="Where records wait while the database is down (default: data_dir/spool)."
+    )
+    trust_forwarded_for: bool = Field(
+        False, description="Take the client IP from X-Forwarded-For (behind a trusted proxy)."
+    )
+    log_level: str = Field("INFO", description="Application log level.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str) -> str:
+        return normalise_database_url(value)
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in force: the configured one, or the SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'metergate.sqlite3').resolve()}"
+
+    @property
+    def effective_spool_dir(self) -> Path:
+        return self.spool_dir if self.spool_dir is not None else self.data_dir / "spool"
+
+    @property
+    def is_embedded(self) -> bool:
+        return not self.redis_url
+
+
+def normalise_database_url(url: str) -> str:
+    """Map the plain ``postgresql://`` form hosting platforms hand out to psycopg 3."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
