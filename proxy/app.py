@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, request
+from redis import Redis
 from sqlalchemy import Engine, text
 from werkzeug.exceptions import HTTPException
 
@@ -34,6 +35,7 @@ class AppState:
     writer: RecordWriter
     providers: dict[str, Provider]
     pipeline: Pipeline
+    redis: Redis | None = None
 
     def close(self) -> None:
         """Flush records and release connections (tests, graceful shutdown)."""
@@ -41,6 +43,8 @@ class AppState:
         self.writer.close()
         for provider in self.providers.values():
             provider.close()
+        if self.redis is not None:
+            self.redis.close()
         self.engine.dispose()
 
 
@@ -63,14 +67,27 @@ def create_app(
         flush_seconds=settings.record_flush_seconds,
     )
     providers = providers if providers is not None else build_providers(settings)
+    redis_client = (
+        Redis.from_url(
+            settings.redis_url,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+            health_check_interval=30,
+        )
+        if settings.redis_url
+        else None
+    )
     gateway = Gateway(
         config=config,
         providers=providers,
         writer=writer,
         max_body_bytes=settings.max_body_bytes,
         trust_forwarded_for=settings.trust_forwarded_for,
+        redis=redis_client,
     )
-    state = AppState(settings, engine, config, writer, providers, Pipeline(gateway))
+    state = AppState(
+        settings, engine, config, writer, providers, Pipeline(gateway), redis=redis_client
+    )
     app.extensions[EXTENSION] = state
     if start_background:
         writer.start()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import orjson
 from flask import Request, Response
+from redis import Redis
 
 from proxy.auth import authenticate
 from proxy.config_cache import ConfigCache
@@ -44,6 +45,7 @@ class Gateway:
     writer: RecordWriter
     max_body_bytes: int
     trust_forwarded_for: bool = False
+    redis: Redis | None = None  # None: embedded mode, in-process storage
 
 
 def begin(request: Request, dialect: str, endpoint: str, trust_forwarded_for: bool) -> CallContext:

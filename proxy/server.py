@@ -38,9 +38,7 @@ def _worker_exit(server: Any, worker: Any) -> None:
         state.close()
 
 
-def run_gunicorn(
-    *, host: str, port: int, workers: int, worker_class: str, threads: int
-) -> None:
+def run_gunicorn(*, host: str, port: int, workers: int, worker_class: str, threads: int) -> None:
     options: dict[str, Any] = {
         "bind": f"{host}:{port}",
         "workers": workers,

@@ -24,8 +24,12 @@ from shared.db import make_engine, transaction, upgrade
 from shared.models import RequestBody, RequestRecord
 from shared.settings import Settings
 
-PG_ADMIN_DSN = os.environ.get("METERGATE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "METERGATE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 PG_HOST = "127.0.0.1:5432"
+# Test Redis databases: 9 for shared fixtures; helpers' own tests take 10-14.
+REDIS_TEST_URL = os.environ.get("METERGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 PROVIDER_OPENAI_KEY = "sk-test-provider-openai-0123456789"
 PROVIDER_ANTHROPIC_KEY = "sk-ant-test-provider-0123456789"
 
@@ -68,14 +72,19 @@ class Accounts:
 
 
 def seed_accounts(
-    engine: Engine, *, label: str | None = None, limits: Limits | None = None,
+    engine: Engine,
+    *,
+    label: str | None = None,
+    limits: Limits | None = None,
     key_models: list[str] | None = None,
 ) -> Accounts:
     label = label or uuid.uuid4().hex[:8]
     with transaction(engine) as session:
         accounts.create_tenant(session, f"tenant-{label}")
         accounts.create_tier(session, f"tier-{label}", limits or Limits())
-        accounts.create_user(session, f"user-{label}@example.com", f"tenant-{label}", f"tier-{label}")
+        accounts.create_user(
+            session, f"user-{label}@example.com", f"tenant-{label}", f"tier-{label}"
+        )
         row, secret = accounts.create_key(
             session, f"user-{label}@example.com", name="test", models=key_models
         )

@@ -46,6 +46,10 @@ _GARBAGE: Final = {
     Dialect.OPENAI: b'{"id": "chatcmpl-',
     Dialect.ANTHROPIC: b'{"id": "msg_01',
 }
+_GARBAGE_STREAM: Final = {
+    Dialect.OPENAI: b'data: {"id": "chatcmpl-\n\n',
+    Dialect.ANTHROPIC: b'event: message_start\ndata: {"type": "message_start", "message": {"id\n\n',
+}
 _HTML: Final = b"<html><head><title>502 Bad Gateway</title></head><body>upstream</body></html>"
 
 
@@ -119,7 +123,7 @@ async def _answer(
     if latency_ms > 0:
         await asyncio.sleep(latency_ms / 1000)
     if plan is not None and plan.fault not in (Fault.SLOW, Fault.TRUNCATE):
-        return await _inject(request, dialect, plan, request_id, state)
+        return await _inject(request, dialect, plan, request_id, body.get("stream") is True)
     if body_error is not None:
         return _error_response(dialect, body_error[0], request_id)
     try:
@@ -183,11 +187,16 @@ async def _inject(
     dialect: Dialect,
     plan: FaultPlan,
     request_id: str,
-    state: SimulatorState,
+    is_stream: bool,
 ) -> web.StreamResponse:
+    """Answer with the fault itself: an error status, a broken body or a broken
+    connection. Garbage for a stream request is a broken SSE frame."""
     fault = plan.fault
     if fault in STATUS_FAULTS:
         return _error_response(dialect, _status_error(dialect, plan), request_id)
+    if fault is Fault.GARBAGE and is_stream:
+        headers = {"Content-Type": "text/event-stream; charset=utf-8"}
+        return web.Response(body=_GARBAGE_STREAM[dialect], headers=headers)
     if fault is Fault.GARBAGE:
         return web.Response(body=_GARBAGE[dialect], headers={"Content-Type": "application/json"})
     if fault is Fault.WRONG_CONTENT_TYPE:
