@@ -25,6 +25,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -62,6 +63,8 @@ class Tenant(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     monthly_usd: Mapped[Decimal | None] = mapped_column(Money)
+    # How request and response bodies are kept: "full", "redacted" or "none".
+    body_storage: Mapped[str] = mapped_column(String(16), default="full")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     users: Mapped[list[User]] = relationship(back_populates="tenant")
@@ -72,6 +75,11 @@ class Tier(LimitsMixin, Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    max_prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Ask the gateway to mark long, stable system prompts for Anthropic's prompt cache.
+    is_prompt_cache_marked: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Moderation through OpenAI's endpoint: None (off), "flag" or "block".
+    moderation_action: Mapped[str | None] = mapped_column(String(8))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -103,8 +111,11 @@ class ApiKey(LimitsMixin, Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Limits applied to each end user of this key separately (rpm, tpm, monthly_usd).
+    end_user_tier_id: Mapped[int | None] = mapped_column(ForeignKey("tiers.id"))
 
     user: Mapped[User] = relationship(back_populates="keys")
+    end_user_tier: Mapped[Tier | None] = relationship()
 
 
 class ModelPrice(Base):
@@ -119,6 +130,8 @@ class ModelPrice(Base):
     cached_input_per_mtok: Mapped[Decimal] = mapped_column(Price)
     cache_write_per_mtok: Mapped[Decimal] = mapped_column(Price)
     output_per_mtok: Mapped[Decimal] = mapped_column(Price)
+    # Models to try, in order, when this one fails upstream.
+    fallbacks: Mapped[list[str] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -167,6 +180,11 @@ class RequestRecord(Base):
     client_ip: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(500))
     is_cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    cache_saved_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    refusal_reason: Mapped[str | None] = mapped_column(String(32))
+    is_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
+    output_valid: Mapped[bool | None] = mapped_column(Boolean)
+    answered_model: Mapped[str | None] = mapped_column(String(200))
     upstream_request_id: Mapped[str | None] = mapped_column(String(200))
     attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
@@ -187,3 +205,46 @@ class RequestBody(Base):
     )
     request_body: Mapped[str | None] = mapped_column(Text)
     response_body: Mapped[str | None] = mapped_column(Text)
+
+
+class DeploymentSetting(Base):
+    """Deployment-wide values set at run time (e.g. ``global_monthly_usd``)."""
+
+    __tablename__ = "deployment_settings"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ScreeningRule(Base):
+    """A prompt-screening pattern; ``tenant_id`` NULL applies to every tenant."""
+
+    __tablename__ = "screening_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    pattern: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(8))  # "block" or "flag"
+    is_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Flag(Base):
+    """A record marked for support: automatically (screening, errors, …) or by a person."""
+
+    __tablename__ = "flags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(36), index=True)
+    source: Mapped[str] = mapped_column(String(16))  # "auto" or "manual"
+    reason: Mapped[str] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open / resolved
+    assignee: Mapped[str | None] = mapped_column(String(200))
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("record_id", "reason", name="uq_flags_record_reason"),)

@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Engine, Insert, String
 from sqlalchemy.dialects import postgresql, sqlite
 
-from shared.models import RequestBody, RequestRecord
+from shared.models import Flag, RequestBody, RequestRecord
 
 BODY_FIELDS = ("request_body", "response_body")
+NON_COLUMN_FIELDS = {*BODY_FIELDS, "flag_reasons"}
 
 
 class CallRecord(BaseModel):
@@ -56,10 +57,17 @@ class CallRecord(BaseModel):
     client_ip: str | None = None
     user_agent: str | None = None
     is_cached: bool = False
+    cache_saved_usd: Decimal = Decimal(0)
+    refusal_reason: str | None = None
+    is_flagged: bool = False
+    output_valid: bool | None = None
+    answered_model: str | None = None
     upstream_request_id: str | None = None
     attempts: list[dict[str, Any]] | None = None
     request_body: str | None = None
     response_body: str | None = None
+    # Automatic flags ("screening: <rule>", "upstream_error", …), written to ``flags``.
+    flag_reasons: list[str] | None = None
 
 
 _STRING_LENGTHS: dict[str, int] = {
@@ -88,7 +96,8 @@ def write_records(engine: Engine, records: Sequence[CallRecord]) -> None:
     metadata_rows = []
     body_rows = []
     for record in records:
-        row = record.model_dump(exclude=set(BODY_FIELDS))
+        row = record.model_dump(exclude=NON_COLUMN_FIELDS)
+        row["is_flagged"] = record.is_flagged or bool(record.flag_reasons)
         for name, length in _STRING_LENGTHS.items():
             value = row.get(name)
             if isinstance(value, str):
@@ -103,9 +112,23 @@ def write_records(engine: Engine, records: Sequence[CallRecord]) -> None:
                 "response_body": _clean_text(record.response_body),
             }
         )
+    flag_rows = [
+        {
+            "record_id": record.id,
+            "source": "auto",
+            "reason": reason[:200],
+            "status": "open",
+            "created_at": record.finished_at,
+            "updated_at": record.finished_at,
+        }
+        for record in records
+        for reason in dict.fromkeys(record.flag_reasons or ())
+    ]
     with engine.begin() as connection:
         connection.execute(_insert(engine, RequestRecord.__table__), metadata_rows)
         connection.execute(_insert(engine, RequestBody.__table__), body_rows)
+        if flag_rows:
+            connection.execute(_insert(engine, Flag.__table__), flag_rows)
 
 
 @overload

@@ -32,7 +32,11 @@ class Control:
             return json.loads(response.read())
 
     def raw(
-        self, method: str, path: str, data: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """(status, lower-cased headers, body) of a plain HTTP request, errors included."""
         request = urllib.request.Request(self.base_url + path, data=data, method=method)

@@ -281,7 +281,11 @@ def test_repeated_long_prefix_reports_cached_tokens(oai: openai.OpenAI) -> None:
         (b'{"messages": [{"role": "user", "content": "x"}]}', 400, None),
         (b'{"model": "gpt-4o"}', 400, "messages"),
         (b'{"model": "gpt-4o", "messages": []}', 400, "messages"),
-        (b'{"model": "gpt-4o", "messages": [{"role": "user"}], "max_tokens": 0}', 400, "max_tokens"),
+        (
+            b'{"model": "gpt-4o", "messages": [{"role": "user"}], "max_tokens": 0}',
+            400,
+            "max_tokens",
+        ),
         (b'{"model": "gpt-4o", "messages": [', 400, None),
         (b"[1, 2]", 400, None),
     ],

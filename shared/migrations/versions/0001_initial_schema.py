@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-30 14:40:16.363248
+Create Date: 2026-11-30 14:45:08.034318
 """
 
 from __future__ import annotations
@@ -26,6 +26,31 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_config_state")),
     )
     op.create_table(
+        "deployment_settings",
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_deployment_settings")),
+    )
+    op.create_table(
+        "flags",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("record_id", sa.String(length=36), nullable=False),
+        sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column("reason", sa.String(length=200), nullable=False),
+        sa.Column("note", sa.Text(), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("assignee", sa.String(length=200), nullable=True),
+        sa.Column("created_by", sa.String(length=200), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_flags")),
+        sa.UniqueConstraint("record_id", "reason", name="uq_flags_record_reason"),
+    )
+    with op.batch_alter_table("flags", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_flags_record_id"), ["record_id"], unique=False)
+
+    op.create_table(
         "models",
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("provider", sa.String(length=32), nullable=False),
@@ -34,6 +59,7 @@ def upgrade() -> None:
         sa.Column("cached_input_per_mtok", sa.Numeric(precision=12, scale=6), nullable=False),
         sa.Column("cache_write_per_mtok", sa.Numeric(precision=12, scale=6), nullable=False),
         sa.Column("output_per_mtok", sa.Numeric(precision=12, scale=6), nullable=False),
+        sa.Column("fallbacks", sa.JSON(), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_models")),
     )
@@ -69,6 +95,11 @@ def upgrade() -> None:
         sa.Column("client_ip", sa.String(length=64), nullable=True),
         sa.Column("user_agent", sa.String(length=500), nullable=True),
         sa.Column("is_cached", sa.Boolean(), nullable=False),
+        sa.Column("cache_saved_usd", sa.Numeric(precision=18, scale=8), nullable=False),
+        sa.Column("refusal_reason", sa.String(length=32), nullable=True),
+        sa.Column("is_flagged", sa.Boolean(), nullable=False),
+        sa.Column("output_valid", sa.Boolean(), nullable=True),
+        sa.Column("answered_model", sa.String(length=200), nullable=True),
         sa.Column("upstream_request_id", sa.String(length=200), nullable=True),
         sa.Column("attempts", sa.JSON(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_request_records")),
@@ -93,6 +124,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("monthly_usd", sa.Numeric(precision=18, scale=8), nullable=True),
+        sa.Column("body_storage", sa.String(length=16), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tenants")),
         sa.UniqueConstraint("name", name=op.f("uq_tenants_name")),
@@ -101,6 +133,9 @@ def upgrade() -> None:
         "tiers",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("max_prompt_tokens", sa.Integer(), nullable=True),
+        sa.Column("is_prompt_cache_marked", sa.Boolean(), nullable=False),
+        sa.Column("moderation_action", sa.String(length=8), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("rpm", sa.Integer(), nullable=True),
         sa.Column("tpm", sa.Integer(), nullable=True),
@@ -125,6 +160,25 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("record_id", name=op.f("pk_request_bodies")),
     )
+    op.create_table(
+        "screening_rules",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("tenant_id", sa.Integer(), nullable=True),
+        sa.Column("name", sa.String(length=100), nullable=False),
+        sa.Column("pattern", sa.Text(), nullable=False),
+        sa.Column("action", sa.String(length=8), nullable=False),
+        sa.Column("is_enabled", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"], ["tenants.id"], name=op.f("fk_screening_rules_tenant_id_tenants")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_screening_rules")),
+    )
+    with op.batch_alter_table("screening_rules", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_screening_rules_tenant_id"), ["tenant_id"], unique=False
+        )
+
     op.create_table(
         "users",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -161,6 +215,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("end_user_tier_id", sa.Integer(), nullable=True),
         sa.Column("rpm", sa.Integer(), nullable=True),
         sa.Column("tpm", sa.Integer(), nullable=True),
         sa.Column("monthly_tokens", sa.BigInteger(), nullable=True),
@@ -168,6 +223,9 @@ def upgrade() -> None:
         sa.Column("max_tokens", sa.Integer(), nullable=True),
         sa.Column("cache_ttl_seconds", sa.Integer(), nullable=True),
         sa.Column("models", sa.JSON(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["end_user_tier_id"], ["tiers.id"], name=op.f("fk_api_keys_end_user_tier_id_tiers")
+        ),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_api_keys_user_id_users")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
         sa.UniqueConstraint("secret_hash", name=op.f("uq_api_keys_secret_hash")),
@@ -191,6 +249,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_users_tenant_id"))
 
     op.drop_table("users")
+    with op.batch_alter_table("screening_rules", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_screening_rules_tenant_id"))
+
+    op.drop_table("screening_rules")
     op.drop_table("request_bodies")
     op.drop_table("tiers")
     op.drop_table("tenants")
@@ -203,5 +265,10 @@ def downgrade() -> None:
 
     op.drop_table("request_records")
     op.drop_table("models")
+    with op.batch_alter_table("flags", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_flags_record_id"))
+
+    op.drop_table("flags")
+    op.drop_table("deployment_settings")
     op.drop_table("config_state")
     # ### end Alembic commands ###
