@@ -40,6 +40,9 @@ def authenticate(config: ConfigCache, headers: Mapping[str, str]) -> Principal:
         raise AuthenticationFailed(f"Incorrect API key provided: {masked(secret)}.")
     if principal.is_revoked:
         raise AuthenticationFailed("This API key has been revoked.", code="revoked_api_key")
-    if principal.expires_at is not None and principal.expires_at <= datetime.now(UTC):
+    expires_at = principal.expires_at
+    if expires_at is not None and expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)  # SQLite hands back naive UTC values
+    if expires_at is not None and expires_at <= datetime.now(UTC):
         raise AuthenticationFailed("This API key has expired.", code="expired_api_key")
     return principal

@@ -308,11 +308,27 @@ def model() -> None:
 @click.option("--output-per-mtok", type=DECIMAL, required=True)
 @click.option("--cached-input-per-mtok", type=DECIMAL, help="Cache-read price (default: input).")
 @click.option("--cache-write-per-mtok", type=DECIMAL, help="Cache-write price (default: input).")
-def model_add(name: str, provider: str, upstream_model: str | None, **prices: Decimal) -> None:
-    """Add a model, or change the prices of one."""
+@click.option(
+    "--fallbacks",
+    help="Comma-separated models (same provider) tried in order when this one keeps "
+    "failing; '' clears the chain (default: unchanged).",
+)
+def model_add(
+    name: str,
+    provider: str,
+    upstream_model: str | None,
+    fallbacks: str | None,
+    **prices: Decimal,
+) -> None:
+    """Add a model, or change the prices (and fallbacks) of one."""
     with _session() as session:
         accounts.upsert_model(
-            session, name, provider=provider, upstream_model=upstream_model, **prices
+            session,
+            name,
+            provider=provider,
+            upstream_model=upstream_model,
+            fallbacks=_csv(fallbacks),
+            **prices,
         )
         click.echo(f"saved model {name}", err=True)
 
@@ -329,6 +345,7 @@ def model_list(as_json: bool) -> None:
         "cached_input_per_mtok",
         "cache_write_per_mtok",
         "output_per_mtok",
+        "fallbacks",
     )
     with _session() as session:
         rows = [

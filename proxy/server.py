@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from werkzeug.serving import WSGIRequestHandler
 
 CONSOLE_SCRIPT = Path(__file__).resolve().parent.parent / "console" / "streamlit_app.py"
 
@@ -75,3 +76,10 @@ def run_console(*, host: str, port: int) -> int:
         "false",
     ]
     return subprocess.call(command, env=os.environ.copy())
+
+
+class QuietRequestHandler(WSGIRequestHandler):
+    """The development server's handler without a log line per request."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        return None

@@ -188,10 +188,18 @@ def upsert_model(
     output_per_mtok: Decimal,
     cached_input_per_mtok: Decimal | None = None,
     cache_write_per_mtok: Decimal | None = None,
+    fallbacks: list[str] | None = None,
 ) -> ModelPrice:
-    """Add a model or change its prices. Unset cache prices default to the input price."""
+    """Add a model or change its prices. Unset cache prices default to the input price.
+
+    ``fallbacks`` (models tried in order when this one keeps failing upstream) must
+    already be in the catalogue and served by the same provider; ``None`` keeps the
+    current chain, ``[]`` clears it.
+    """
     if provider not in PROVIDERS:
         raise AccountError(f"provider must be one of {', '.join(PROVIDERS)}")
+    if fallbacks is not None:
+        _check_fallbacks(session, name, provider, fallbacks)
     prices = [input_per_mtok, output_per_mtok, cached_input_per_mtok, cache_write_per_mtok]
     if any(p is not None and p < 0 for p in prices):
         raise AccountError("prices must not be negative")
@@ -206,7 +214,25 @@ def upsert_model(
     row.cache_write_per_mtok = (
         cache_write_per_mtok if cache_write_per_mtok is not None else input_per_mtok
     )
+    if fallbacks is not None:
+        row.fallbacks = list(fallbacks) or None
     row.updated_at = now_utc()
     session.add(row)
     announce_change(session)
     return row
+
+
+def _check_fallbacks(session: Session, name: str, provider: str, fallbacks: list[str]) -> None:
+    if len(set(fallbacks)) != len(fallbacks):
+        raise AccountError("fallbacks must not repeat a model")
+    for fallback in fallbacks:
+        if fallback == name:
+            raise AccountError(f"model {name!r} cannot be its own fallback")
+        row = session.get(ModelPrice, fallback)
+        if row is None:
+            raise AccountError(f"fallback model {fallback!r} is not in the catalogue; add it first")
+        if row.provider != provider:
+            # Cross-provider fallback would need the body translated between dialects.
+            raise AccountError(
+                f"fallback model {fallback!r} is served by {row.provider}, not {provider}"
+            )

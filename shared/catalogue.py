@@ -28,6 +28,8 @@ class ModelEntry:
     cached_input_per_mtok: Decimal
     cache_write_per_mtok: Decimal
     output_per_mtok: Decimal
+    # Models tried in order when this one keeps failing (same provider only).
+    fallbacks: tuple[str, ...] = ()
 
     @classmethod
     def from_row(cls, row: ModelPrice) -> ModelEntry:
@@ -39,6 +41,7 @@ class ModelEntry:
             cached_input_per_mtok=Decimal(row.cached_input_per_mtok),
             cache_write_per_mtok=Decimal(row.cache_write_per_mtok),
             output_per_mtok=Decimal(row.output_per_mtok),
+            fallbacks=tuple(row.fallbacks or ()),
         )
 
 

@@ -63,6 +63,42 @@ class Settings(BaseSettings):
     upstream_read_timeout_seconds: float = Field(
         30.0, description="Longest silence allowed between streamed upstream chunks."
     )
+    upstream_deadline_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Overall deadline for one call's upstream attempts, retries and fallbacks "
+        "included; no backoff sleeps past it.",
+    )
+    retry_max_attempts: int = Field(
+        3, ge=1, description="Upstream attempts per model (the first one included)."
+    )
+    retry_base_seconds: float = Field(
+        0.25, ge=0, description="Backoff base: retry n waits up to base * 2^n (full jitter)."
+    )
+    retry_max_seconds: float = Field(
+        8.0, ge=0, description="Backoff cap (an upstream retry-after can ask for longer)."
+    )
+    breaker_failure_threshold: int = Field(
+        5,
+        ge=1,
+        description="Consecutive failures (5xx, timeouts, dropped connections) that open the "
+        "circuit breaker of one upstream model.",
+    )
+    breaker_cooldown_seconds: float = Field(
+        30.0, ge=0, description="How long an open breaker fails fast before one probe call."
+    )
+    upstream_min_remaining_requests: int = Field(
+        2,
+        ge=0,
+        description="Hold new upstream calls until the provider's rate-limit window resets "
+        "when it reports fewer requests left than this (0: never).",
+    )
+    upstream_min_remaining_tokens: int = Field(
+        2000,
+        ge=0,
+        description="Hold new upstream calls until the provider's rate-limit window resets "
+        "when it reports fewer tokens left than this (0: never).",
+    )
     config_poll_seconds: float = Field(
         1.0, description="How often each proxy process checks for config changes."
     )

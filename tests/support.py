@@ -18,6 +18,7 @@ from sqlalchemy import Engine, func, select
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from proxy.app import AppState, create_app
+from proxy.server import QuietRequestHandler
 from shared import accounts
 from shared.accounts import Limits
 from shared.db import make_engine, transaction, upgrade
@@ -102,7 +103,9 @@ class ProxyServer:
 
     def __init__(self, app: Flask) -> None:
         self.app = app
-        self._server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
+        self._server: BaseWSGIServer = make_server(
+            "127.0.0.1", 0, app, threaded=True, request_handler=QuietRequestHandler
+        )
         self.port = self._server.server_port
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

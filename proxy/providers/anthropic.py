@@ -6,8 +6,8 @@ from typing import Any
 
 import anthropic
 
-from proxy.providers.base import UpstreamResponse, UpstreamUnreachable
-from proxy.providers.sdk import send_raw, timeout_for
+from proxy.providers.base import UpstreamNotConfigured, UpstreamResponse
+from proxy.providers.sdk import clipped_timeout, send_raw, timeout_for
 from shared.settings import Settings
 
 ERRORS = (anthropic.APIStatusError, anthropic.APITimeoutError, anthropic.APIConnectionError)
@@ -17,21 +17,30 @@ class AnthropicProvider:
     name = "anthropic"
 
     def __init__(self, settings: Settings) -> None:
+        self._timeout = timeout_for(
+            settings.upstream_connect_timeout_seconds,
+            settings.upstream_first_byte_timeout_seconds,
+            settings.upstream_read_timeout_seconds,
+        )
         self._has_key = bool(settings.anthropic_api_key.get_secret_value())
         self._client = anthropic.Anthropic(
             api_key=settings.anthropic_api_key.get_secret_value() or "unset",
             base_url=settings.anthropic_base_url,
             max_retries=0,
-            timeout=timeout_for(
-                settings.upstream_connect_timeout_seconds,
-                settings.upstream_first_byte_timeout_seconds,
-                settings.upstream_read_timeout_seconds,
-            ),
+            timeout=self._timeout,
         )
 
-    def send(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> UpstreamResponse:
+    def send(
+        self,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        timeout_seconds: float | None = None,
+    ) -> UpstreamResponse:
         self._require_key()
-        return send_raw(self._client, "POST", path, body, headers, ERRORS)
+        timeout = clipped_timeout(self._timeout, timeout_seconds)
+        return send_raw(self._client, "POST", path, body, headers, ERRORS, timeout)
 
     def get(self, path: str, headers: dict[str, str]) -> UpstreamResponse:
         self._require_key()
@@ -42,4 +51,4 @@ class AnthropicProvider:
 
     def _require_key(self) -> None:
         if not self._has_key:
-            raise UpstreamUnreachable("ANTHROPIC_API_KEY is not set on the gateway")
+            raise UpstreamNotConfigured("ANTHROPIC_API_KEY is not set on the gateway")

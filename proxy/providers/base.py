@@ -8,10 +8,12 @@ raise only the three exceptions below.
     ├── UpstreamHttpError      the provider answered with a non-2xx status
     ├── UpstreamTimeout        no first byte (or no next chunk) within the deadline
     └── UpstreamUnreachable    connection refused, reset or dropped
+        └── UpstreamNotConfigured   the gateway has no key for this provider (never retried)
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -38,6 +40,10 @@ class UpstreamUnreachable(UpstreamError):
     pass
 
 
+class UpstreamNotConfigured(UpstreamUnreachable):
+    pass
+
+
 class UpstreamResponse:
     """A 2xx upstream answer whose body has not been read yet."""
 
@@ -45,12 +51,32 @@ class UpstreamResponse:
         self._response = response
         self.status = response.status_code
         self.headers = {k.lower(): v for k, v in response.headers.items()}
+        self._body: bytes | None = None
+        self._chunks: Iterator[bytes] | None = None
+
+    def prefetch(self, *, is_stream: bool) -> None:
+        """Take the answer far enough to know it arrived: the whole body, or a stream's
+        first chunk. A broken answer then fails here, while the call can still be retried.
+        Raises UpstreamTimeout or UpstreamUnreachable (the response is closed then).
+        """
+        if not is_stream:
+            self._body = self.read()
+            return
+        chunks = self.iter_bytes()
+        try:
+            first = next(chunks, b"")
+        except UpstreamError:
+            self.close()
+            raise
+        self._chunks = itertools.chain((first,), chunks)
 
     @property
     def content_type(self) -> str:
         return self.headers.get("content-type", "")
 
     def read(self) -> bytes:
+        if self._body is not None:
+            return self._body
         try:
             return self._response.read()
         except httpx2.TimeoutException as exc:
@@ -61,6 +87,10 @@ class UpstreamResponse:
             self._response.close()
 
     def iter_bytes(self) -> Iterator[bytes]:
+        if self._chunks is not None:
+            chunks, self._chunks = self._chunks, None
+            yield from chunks
+            return
         try:
             yield from self._response.iter_raw()
         except httpx2.TimeoutException as exc:
@@ -75,8 +105,19 @@ class UpstreamResponse:
 class Provider(Protocol):
     name: str
 
-    def send(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> UpstreamResponse:
-        """POST ``body`` to ``path``; raises an UpstreamError subclass on failure."""
+    def send(
+        self,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        timeout_seconds: float | None = None,
+    ) -> UpstreamResponse:
+        """POST ``body`` to ``path``; raises an UpstreamError subclass on failure.
+
+        ``timeout_seconds`` caps every timeout phase of this request (what is left of
+        the call's deadline); None keeps the provider's configured timeouts.
+        """
         ...
 
     def get(self, path: str, headers: dict[str, str]) -> UpstreamResponse: ...

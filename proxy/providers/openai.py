@@ -6,8 +6,8 @@ from typing import Any
 
 import openai
 
-from proxy.providers.base import UpstreamResponse, UpstreamUnreachable
-from proxy.providers.sdk import send_raw, timeout_for
+from proxy.providers.base import UpstreamNotConfigured, UpstreamResponse
+from proxy.providers.sdk import clipped_timeout, send_raw, timeout_for
 from shared.settings import Settings
 
 ERRORS = (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError)
@@ -17,21 +17,30 @@ class OpenAIProvider:
     name = "openai"
 
     def __init__(self, settings: Settings) -> None:
+        self._timeout = timeout_for(
+            settings.upstream_connect_timeout_seconds,
+            settings.upstream_first_byte_timeout_seconds,
+            settings.upstream_read_timeout_seconds,
+        )
         self._has_key = bool(settings.openai_api_key.get_secret_value())
         self._client = openai.OpenAI(
             api_key=settings.openai_api_key.get_secret_value() or "unset",
             base_url=settings.openai_base_url,
             max_retries=0,
-            timeout=timeout_for(
-                settings.upstream_connect_timeout_seconds,
-                settings.upstream_first_byte_timeout_seconds,
-                settings.upstream_read_timeout_seconds,
-            ),
+            timeout=self._timeout,
         )
 
-    def send(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> UpstreamResponse:
+    def send(
+        self,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        timeout_seconds: float | None = None,
+    ) -> UpstreamResponse:
         self._require_key()
-        return send_raw(self._client, "POST", path, body, headers, ERRORS)
+        timeout = clipped_timeout(self._timeout, timeout_seconds)
+        return send_raw(self._client, "POST", path, body, headers, ERRORS, timeout)
 
     def get(self, path: str, headers: dict[str, str]) -> UpstreamResponse:
         self._require_key()
@@ -42,4 +51,4 @@ class OpenAIProvider:
 
     def _require_key(self) -> None:
         if not self._has_key:
-            raise UpstreamUnreachable("OPENAI_API_KEY is not set on the gateway")
+            raise UpstreamNotConfigured("OPENAI_API_KEY is not set on the gateway")

@@ -23,15 +23,19 @@ def send_raw(
     body: dict[str, Any] | None,
     headers: dict[str, str],
     errors: tuple[type[Exception], type[Exception], type[Exception]],
+    timeout: httpx2.Timeout | None = None,
 ) -> UpstreamResponse:
     """Send through an SDK client and return the unread 2xx response.
 
     ``errors`` is the SDK's (APIStatusError, APITimeoutError, APIConnectionError).
     ``X-Stainless-Raw-Response: stream`` makes the SDK hand back the raw response
     without reading it, so bodies and SSE bytes reach the caller unchanged.
+    ``timeout`` replaces the client's own for this one request.
     """
     status_error, timeout_error, connection_error = errors
     options: dict[str, Any] = {"headers": {**headers, **RAW_STREAM}}
+    if timeout is not None:
+        options["timeout"] = timeout
     try:
         if method == "GET":
             response = client.get(path, cast_to=httpx2.Response, options=options)
@@ -51,3 +55,21 @@ def send_raw(
 
 def timeout_for(connect: float, first_byte: float, read: float) -> httpx2.Timeout:
     return httpx2.Timeout(connect=connect, read=max(first_byte, read), write=30.0, pool=connect)
+
+
+def clipped_timeout(timeout: httpx2.Timeout, limit_seconds: float | None) -> httpx2.Timeout | None:
+    """``timeout`` with every phase cut to ``limit_seconds`` (what is left of the call's
+    deadline); None when there is no limit, so the client's own timeout applies."""
+    if limit_seconds is None:
+        return None
+    limit = max(limit_seconds, 0.001)
+
+    def clip(value: float | None) -> float:
+        return limit if value is None else min(value, limit)
+
+    return httpx2.Timeout(
+        connect=clip(timeout.connect),
+        read=clip(timeout.read),
+        write=clip(timeout.write),
+        pool=clip(timeout.pool),
+    )

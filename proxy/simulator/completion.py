@@ -80,6 +80,12 @@ def compose(
     )
 
 
+def broken_json(completion: Completion) -> Completion:
+    """The same answer with its last character cut off: no longer parseable JSON."""
+    pieces = split_pieces(completion.text[:-1])
+    return Completion("".join(pieces), pieces, completion.is_truncated, completion.tool_name)
+
+
 def group_pieces(completion: Completion) -> list[str]:
     """Stream fragments: one word per fragment for text, up to three tokens for JSON."""
     size = 3 if completion.is_tool_call or completion.text.startswith(("{", "[")) else 1

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from .errors import Dialect, SimError, render_error
-from .faults import STATUS_FAULTS, Fault, FaultPlan, resolve
+from .faults import ANSWER_FAULTS, STATUS_FAULTS, Fault, FaultPlan, resolve
 from .ratelimit import anthropic_headers, openai_headers
 from .reply import Call, Handler, JsonReply, StreamReply
 from .state import STATE_KEY, RecordedRequest, SimulatorState
@@ -122,12 +122,14 @@ async def _answer(
             latency_ms += plan.delay_ms
     if latency_ms > 0:
         await asyncio.sleep(latency_ms / 1000)
-    if plan is not None and plan.fault not in (Fault.SLOW, Fault.TRUNCATE):
+    if plan is not None and plan.fault not in ANSWER_FAULTS:
         return await _inject(request, dialect, plan, request_id, body.get("stream") is True)
     if body_error is not None:
         return _error_response(dialect, body_error[0], request_id)
     try:
-        reply = endpoint.handler(Call(state, body, request.match_info))
+        reply = endpoint.handler(
+            Call(state, body, request.match_info, plan.fault if plan is not None else None)
+        )
     except SimError as error:
         return _error_response(dialect, error, request_id)
     out = _success_headers(dialect, state, request_id, reply.tokens, started)

@@ -11,6 +11,8 @@ A request gets at most one fault, taken from the first source that names one:
 Parameters: `retry_after` seconds for `429` (header `x-sim-retry-after`, body
 `sim_retry_after`, rule `"retry_after"`; default 1, fractions allowed) and `delay_ms`
 for `slow` (header `x-sim-slow-ms`, body `sim_slow_ms`, rule `"delay_ms"`; default 3000).
+`invalid_json_output` answers normally, except that a chat completion asked for a
+`json_schema` / `json_object` response format gets content that is not valid JSON.
 An unknown fault name or a malformed parameter is a `ValueError`.
 """
 
@@ -38,11 +40,14 @@ class Fault(StrEnum):
     TRUNCATE = "truncate"
     GARBAGE = "garbage"
     WRONG_CONTENT_TYPE = "wrong_content_type"
+    INVALID_JSON_OUTPUT = "invalid_json_output"
 
 
 STATUS_FAULTS: Final = frozenset(
     (Fault.RATE_LIMITED, Fault.SERVER_ERROR, Fault.UNAVAILABLE, Fault.OVERLOADED)
 )
+# Faults the handler applies to an otherwise normal answer (see `reply.Call.fault`).
+ANSWER_FAULTS: Final = frozenset((Fault.SLOW, Fault.TRUNCATE, Fault.INVALID_JSON_OUTPUT))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .completion import Completion, ToolSpec, compose, group_pieces
+from .completion import Completion, ToolSpec, broken_json, compose, group_pieces
 from .errors import Dialect, invalid_request, missing_field
+from .faults import Fault
 from .openai_prompt import (
     MESSAGE_OVERHEAD_TOKENS,
     REPLY_PRIMING_TOKENS,
@@ -55,6 +56,8 @@ def create_chat_completion(call: Call) -> Reply:
         schema=schema,
         is_json_object=is_json_object,
     )
+    if call.fault is Fault.INVALID_JSON_OUTPUT and (schema is not None or is_json_object):
+        completion = broken_json(completion)
     usage = chat_usage(prompt_tokens, completion.tokens, cached)
     base: JsonObject = {
         "id": new_id("chatcmpl-", 29),

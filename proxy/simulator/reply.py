@@ -15,6 +15,7 @@ from typing import Any, Final, TypeAlias
 
 import orjson
 
+from .faults import Fault
 from .state import JsonObject, SimulatorState
 
 ALPHANUMERIC: Final = string.ascii_letters + string.digits
@@ -23,12 +24,13 @@ DONE_FRAME: Final = b"data: [DONE]\n\n"
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One parsed API request: the app state, the JSON body ({} when there is none) and
-    the route parameters (e.g. `response_id`)."""
+    """One parsed API request: the app state, the JSON body ({} when there is none),
+    the route parameters (e.g. `response_id`) and the fault it was dealt, if any."""
 
     state: SimulatorState
     body: JsonObject
     params: Mapping[str, str]
+    fault: Fault | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,9 +53,7 @@ def test_message_has_the_real_shape_and_headers(claude: anthropic.Anthropic) -> 
 
 def test_stream_helper_gives_the_same_message(claude: anthropic.Anthropic) -> None:
     plain = claude.messages.create(model=ANTHROPIC_MODEL, max_tokens=200, messages=MESSAGES)
-    with claude.messages.stream(
-        model=ANTHROPIC_MODEL, max_tokens=200, messages=MESSAGES
-    ) as stream:
+    with claude.messages.stream(model=ANTHROPIC_MODEL, max_tokens=200, messages=MESSAGES) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert plain.content[0].type == "text"
@@ -185,9 +183,12 @@ def test_missing_fields_get_anthropic_shaped_errors(
 
 
 def test_missing_max_tokens_raises_bad_request_in_the_sdk(control: Control) -> None:
-    with anthropic.Anthropic(
-        base_url=control.base_url, api_key="sk-ant-test", max_retries=0
-    ) as client, pytest.raises(anthropic.BadRequestError) as caught:
+    with (
+        anthropic.Anthropic(
+            base_url=control.base_url, api_key="sk-ant-test", max_retries=0
+        ) as client,
+        pytest.raises(anthropic.BadRequestError) as caught,
+    ):
         client.post(
             "/v1/messages",
             body={"model": ANTHROPIC_MODEL, "messages": MESSAGES},

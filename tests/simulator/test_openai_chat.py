@@ -15,7 +15,7 @@ from proxy.simulator.text import count_tokens
 from .conftest import Control
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Tell me about rivers."}]
-WEATHER_TOOL = {
+WEATHER_TOOL: Any = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -153,7 +153,7 @@ def test_tool_call_arguments_are_valid_for_the_tool_schema(oai: openai.OpenAI) -
     assert re.fullmatch(r"call_[A-Za-z0-9]{24}", call.id)
     assert call.function.name == "get_weather"
     arguments = json.loads(call.function.arguments)
-    jsonschema.validate(arguments, WEATHER_TOOL["function"]["parameters"])  # type: ignore[index]
+    jsonschema.validate(arguments, WEATHER_TOOL["function"]["parameters"])
     assert completion.usage is not None
     assert completion.usage.completion_tokens == count_tokens(call.function.arguments)
 
@@ -198,11 +198,14 @@ def test_text_answer_when_tools_are_off_or_a_tool_result_came_back(
 
 
 def test_named_tool_choice_calls_that_tool(oai: openai.OpenAI) -> None:
-    other = {"type": "function", "function": {"name": "noop", "parameters": {"type": "object"}}}
+    other: Any = {
+        "type": "function",
+        "function": {"name": "noop", "parameters": {"type": "object"}},
+    }
     completion = oai.chat.completions.create(
         model="gpt-4o",
         messages=MESSAGES,
-        tools=[other, WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[other, WEATHER_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     calls = completion.choices[0].message.tool_calls

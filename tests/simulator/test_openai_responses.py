@@ -86,7 +86,7 @@ def test_function_tool_gives_a_function_call_item(oai: openai.OpenAI) -> None:
     (item,) = response.output
     assert item.type == "function_call"
     assert item.name == "lookup_order" and item.status == "completed"
-    assert item.id.startswith("fc_") and item.call_id.startswith("call_")
+    assert (item.id or "").startswith("fc_") and item.call_id.startswith("call_")
     jsonschema.validate(json.loads(item.arguments), TOOL["parameters"])
     with oai.responses.stream(model="gpt-4.1", input="Where is order 7?", tools=[TOOL]) as stream:
         deltas = [e.delta for e in stream if e.type == "response.function_call_arguments.delta"]

@@ -1,0 +1,153 @@
+"""Records survive a database outage: spooled to disk, written once when it returns."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import openai
+import pytest
+from sqlalchemy import func, select
+
+from proxy.recorder import RecordWriter
+from proxy.simulator import SimulatorThread
+from shared.db import make_engine, upgrade
+from shared.models import RequestBody, RequestRecord
+from shared.records import CallRecord, write_records
+from tests.relay import TcpRelay
+from tests.support import ProxyServer, running_proxy, seed_accounts, settings_for, wait_for
+
+
+@pytest.fixture()
+def relay(pg_url: str) -> Iterator[TcpRelay]:
+    upgrade(pg_url)
+    relay = TcpRelay("127.0.0.1", 5432).start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+def _via_relay(pg_url: str, relay: TcpRelay) -> str:
+    return pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+
+
+def _send(client: openai.OpenAI, request_id: str) -> None:
+    client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": f"question {request_id}"}],
+        extra_headers={"x-request-id": request_id},
+    )
+
+
+def _count_by_client_id(proxy: ProxyServer, ids: list[str], url: str) -> dict[str, int]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                select(RequestRecord.client_request_id, func.count())
+                .where(RequestRecord.client_request_id.in_(ids))
+                .group_by(RequestRecord.client_request_id)
+            ).all()
+    finally:
+        engine.dispose()
+    return {row[0]: row[1] for row in rows}
+
+
+def test_records_written_exactly_once_after_database_outage(
+    pg_url: str, relay: TcpRelay, simulator: SimulatorThread, tmp_path: Path
+) -> None:
+    settings = settings_for(_via_relay(pg_url, relay), simulator.base_url, tmp_path)
+    with running_proxy(settings) as proxy:
+        acct = seed_accounts(proxy.state.engine)
+        ids = [f"outage-{uuid.uuid4()}" for _ in range(60)]
+        with openai.OpenAI(
+            base_url=proxy.base_url + "/v1", api_key=acct.key, max_retries=0
+        ) as client:
+            for request_id in ids[:20]:
+                _send(client, request_id)
+            proxy.flush()
+            relay.cut()
+            for request_id in ids[20:50]:
+                _send(client, request_id)  # answered while the database is away
+            proxy.flush()
+            assert proxy.state.writer.is_db_down
+            assert proxy.state.writer.spool_files(), "records should wait on disk"
+            relay.restore()
+            for request_id in ids[50:]:
+                _send(client, request_id)
+            wait_for(lambda: not proxy.state.writer.spool_files(), timeout=20)
+            proxy.flush()
+        counts = _count_by_client_id(proxy, ids, pg_url)
+    assert set(counts) == set(ids)
+    assert set(counts.values()) == {1}
+
+
+def _record(**overrides: object) -> CallRecord:
+    now = datetime.now(UTC)
+    values: dict[str, object] = {
+        "id": str(uuid.uuid4()),
+        "created_at": now,
+        "finished_at": now,
+        "dialect": "openai",
+        "endpoint": "chat.completions",
+        "status": 200,
+        "latency_ms": 1.0,
+        "request_body": "{}",
+        "response_body": "{}",
+    }
+    values.update(overrides)
+    return CallRecord.model_validate(values)
+
+
+def test_spool_replay_after_restart_writes_each_record_once(db_url: str, tmp_path: Path) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    records = [_record() for _ in range(5)]
+    # A batch already committed whose spool file was not yet deleted (crash in between).
+    write_records(engine, records[:2])
+    broken = RecordWriter(make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"), tmp_path)
+    broken._spool(records)  # what a writer leaves when the database is down at shutdown
+    writer = RecordWriter(engine, tmp_path, flush_seconds=0.01)
+    writer.start()
+    try:
+        wait_for(lambda: not writer.spool_files())
+        assert writer.flush()
+    finally:
+        writer.close()
+    with engine.connect() as connection:
+        ids = [r.id for r in records]
+        count = connection.scalar(
+            select(func.count()).select_from(RequestRecord).where(RequestRecord.id.in_(ids))
+        )
+        bodies = connection.scalar(
+            select(func.count()).select_from(RequestBody).where(RequestBody.record_id.in_(ids))
+        )
+    engine.dispose()
+    assert count == 5
+    assert bodies == 5
+
+
+def test_close_spools_records_when_database_is_down(tmp_path: Path) -> None:
+    writer = RecordWriter(
+        make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"), tmp_path, flush_seconds=0.01
+    )
+    writer.start()
+    for _ in range(3):
+        writer.submit(_record())
+    writer.close()
+    lines = sum(len(p.read_bytes().splitlines()) for p in writer.spool_files())
+    assert lines == 3
+
+
+def test_record_with_oversized_and_nul_fields_is_written(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    record = _record(model="m" * 500, user_agent="ua\x00x", request_body="a\x00b")
+    write_records(engine, [record])
+    with engine.connect() as connection:
+        model = connection.scalar(select(RequestRecord.model).where(RequestRecord.id == record.id))
+    engine.dispose()
+    assert model == "m" * 200
