@@ -13,8 +13,8 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import accounts
-from shared.accounts import AccountError, Limits
+from shared import accounts, screening
+from shared.accounts import MODERATION_CHOICES, AccountError, Limits, TierPolicy
 from shared.db import engine_for, transaction, upgrade
 from shared.keys import ENVIRONMENTS
 from shared.models import ApiKey, ModelPrice, Tenant, Tier, User
@@ -154,10 +154,45 @@ def _limits(**values: Any) -> Limits:
     )
 
 
+def tier_policy_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--max-prompt-tokens",
+            type=click.IntRange(min=1),
+            help="Refuse prompts estimated above this many tokens.",
+        ),
+        click.option(
+            "--moderation",
+            type=click.Choice(MODERATION_CHOICES),
+            help="Check prompts with OpenAI's moderation endpoint: flag or block; off.",
+        ),
+        click.option(
+            "--prompt-cache/--no-prompt-cache",
+            "is_prompt_cache_marked",
+            default=None,
+            help="Mark long, stable system prompts for Anthropic's prompt cache.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _policy(**values: Any) -> TierPolicy:
+    return TierPolicy(
+        max_prompt_tokens=values["max_prompt_tokens"],
+        moderation=values["moderation"],
+        is_prompt_cache_marked=values["is_prompt_cache_marked"],
+    )
+
+
 def _tier_row(tier: Tier) -> dict[str, Any]:
     row: dict[str, Any] = {"id": tier.id, "name": tier.name}
     row.update({column: getattr(tier, column) for column in LIMIT_COLUMNS})
     row["models"] = tier.models
+    row["max_prompt_tokens"] = tier.max_prompt_tokens
+    row["moderation"] = tier.moderation_action or "off"
+    row["prompt_cache"] = tier.is_prompt_cache_marked
     return row
 
 
@@ -169,20 +204,22 @@ def tier() -> None:
 @tier.command("create")
 @click.argument("name")
 @tier_options
+@tier_policy_options
 def tier_create(name: str, **values: Any) -> None:
     """Create a tier. Unset limits are unlimited."""
     with _session() as session:
-        row = accounts.create_tier(session, name, _limits(**values))
+        row = accounts.create_tier(session, name, _limits(**values), _policy(**values))
         click.echo(f"created tier {row.name} (id {row.id})", err=True)
 
 
 @tier.command("update")
 @click.argument("name")
 @tier_options
+@tier_policy_options
 def tier_update(name: str, **values: Any) -> None:
     """Change some of a tier's limits; the others stay as they are."""
     with _session() as session:
-        row = accounts.update_tier(session, name, _limits(**values))
+        row = accounts.update_tier(session, name, _limits(**values), _policy(**values))
         click.echo(f"updated tier {row.name}", err=True)
 
 
@@ -192,7 +229,7 @@ def tier_list(as_json: bool) -> None:
     """List tiers and their limits."""
     with _session() as session:
         rows = [_tier_row(t) for t in session.scalars(select(Tier).order_by(Tier.id))]
-    _emit(rows, as_json, ("id", "name", *LIMIT_COLUMNS, "models"))
+    _emit(rows, as_json, ("id", "name", *LIMIT_COLUMNS, "models", "moderation"))
 
 
 # -- users ------------------------------------------------------------------------------
@@ -292,6 +329,48 @@ def key_revoke(id_or_prefix: str) -> None:
         click.echo(f"revoked key {row.prefix}… (id {row.id})", err=True)
 
 
+# -- screening --------------------------------------------------------------------------
+
+
+@main.group()
+def screen() -> None:
+    """Prompt-screening rules: the maintained defaults and your own."""
+
+
+@screen.command("add")
+@click.argument("name")
+@click.option("--pattern", required=True, help="Regular expression (case-insensitive).")
+@click.option("--action", type=click.Choice(screening.ACTIONS), required=True)
+@click.option("--tenant", "tenant_name", help="Only for this tenant (default: every tenant).")
+def screen_add(name: str, pattern: str, action: str, tenant_name: str | None) -> None:
+    """Add a rule. Named like a default rule, it replaces that rule. Live within seconds."""
+    with _session() as session:
+        row = screening.add_rule(session, name, pattern, action, tenant_name)
+        click.echo(f"added screening rule {row.name} (id {row.id})", err=True)
+
+
+@screen.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def screen_list(as_json: bool) -> None:
+    """List the default rules and the added ones."""
+    rows: list[dict[str, Any]] = [
+        {"name": r.name, "scope": "default", "action": r.action, "pattern": r.pattern}
+        for r in screening.DEFAULT_RULES
+    ]
+    with _session() as session:
+        tenant_names = dict(session.execute(select(Tenant.id, Tenant.name)).tuples().all())
+        rows += [
+            {
+                "name": r.name,
+                "scope": tenant_names.get(r.tenant_id, "?") if r.tenant_id else "global",
+                "action": r.action if r.is_enabled else "off",
+                "pattern": r.pattern,
+            }
+            for r in screening.list_rules(session)
+        ]
+    _emit(rows, as_json, ("name", "scope", "action", "pattern"))
+
+
 # -- models -----------------------------------------------------------------------------
 
 
@@ -357,6 +436,118 @@ def model_list(as_json: bool) -> None:
     _emit(rows, as_json, columns)
 
 
+# -- limits on users and keys, caps, usage -------------------------------------------------
+
+
+@user.command("limit")
+@click.argument("email")
+@tier_options
+def user_limit(email: str, **values: Any) -> None:
+    """Override some of a user's limits (over its tier's)."""
+    with _session() as session:
+        row = accounts.set_user_limits(session, email, _limits(**values))
+        click.echo(f"updated limits of user {row.email}", err=True)
+
+
+@key.command("limit")
+@click.argument("id_or_prefix")
+@tier_options
+@click.option("--end-user-tier", help="Tier whose limits apply to each end user of the key.")
+def key_limit(id_or_prefix: str, end_user_tier: str | None, **values: Any) -> None:
+    """Limit one key within its user's allowance, and (optionally) each of its end users."""
+    with _session() as session:
+        row = accounts.set_key_limits(
+            session, id_or_prefix, _limits(**values), end_user_tier=end_user_tier
+        )
+        click.echo(f"updated limits of key {row.prefix}… (id {row.id})", err=True)
+
+
+@main.group()
+def cap() -> None:
+    """Monthly USD caps: per tenant, and for the whole deployment."""
+
+
+@cap.command("set")
+@click.option("--global-monthly-usd", type=DECIMAL, help="Cap for the whole deployment.")
+@click.option("--tenant", "tenant_name", help="Tenant whose cap to set (with --monthly-usd).")
+@click.option("--monthly-usd", type=DECIMAL, help="The tenant's cap.")
+@click.option("--clear", is_flag=True, help="Remove the cap named (global or --tenant).")
+def cap_set(
+    global_monthly_usd: Decimal | None,
+    tenant_name: str | None,
+    monthly_usd: Decimal | None,
+    clear: bool,
+) -> None:
+    """Set a cap; every proxy process applies it within seconds."""
+    if tenant_name is None and global_monthly_usd is None and not clear:
+        raise click.UsageError("give --global-monthly-usd X, or --tenant NAME --monthly-usd X")
+    if tenant_name is not None and monthly_usd is None and not clear:
+        raise click.UsageError("--tenant needs --monthly-usd X (or --clear)")
+    with _session() as session:
+        if tenant_name is not None:
+            accounts.set_tenant_monthly_usd(session, tenant_name, None if clear else monthly_usd)
+            click.echo(f"tenant {tenant_name}: monthly cap {_cap(monthly_usd, clear)}", err=True)
+        if global_monthly_usd is not None or (clear and tenant_name is None):
+            accounts.set_global_monthly_usd(session, None if clear else global_monthly_usd)
+            click.echo(f"global monthly cap {_cap(global_monthly_usd, clear)}", err=True)
+
+
+def _cap(value: Decimal | None, clear: bool) -> str:
+    return "removed" if clear or value is None else f"set to ${value}"
+
+
+@cap.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cap_show(as_json: bool) -> None:
+    """Show the global cap and every tenant's."""
+    with _session() as session:
+        rows = [{"scope": "global", "monthly_usd": accounts.get_global_monthly_usd(session)}]
+        rows += [
+            {"scope": f"tenant {t.name}", "monthly_usd": t.monthly_usd}
+            for t in session.scalars(select(Tenant).order_by(Tenant.id))
+        ]
+    _emit(rows, as_json, ("scope", "monthly_usd"))
+
+
+@main.group()
+def usage() -> None:
+    """Monthly usage counters (quotas and caps)."""
+
+
+@usage.command("rebuild")
+@click.option("--month", help="YYYY-MM (default: this month, UTC).")
+def usage_rebuild(month: str | None) -> None:
+    """Recompute the month's quota counters in Redis from the SQL request log."""
+    from redis import Redis
+
+    from proxy.config_cache import ConfigCache
+    from proxy.quota import Quotas
+    from proxy.quota_store import RedisQuotaStore
+
+    settings = Settings()
+    if not settings.redis_url:
+        raise click.ClickException(
+            "no METERGATE_REDIS_URL: in the embedded mode the proxy keeps its counters in "
+            "process and rebuilds them from the log itself when it starts"
+        )
+    engine = engine_for(settings)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        quotas = Quotas(RedisQuotaStore(redis), engine, ConfigCache(engine))
+        result = quotas.rebuild(month)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--month") from exc
+    finally:
+        redis.close()
+        engine.dispose()
+    click.echo(
+        f"rebuilt {result.month}: {len(result.users)} users, {len(result.keys)} keys, "
+        f"{len(result.end_users)} end users, {len(result.tenants)} tenants; "
+        f"{result.total.tokens} tokens, ${result.total.usd} in total",
+        err=True,
+    )
+
+
 # -- servers ----------------------------------------------------------------------------
 
 
@@ -416,3 +607,7 @@ def demo(port: int, request_count: int, no_serve: bool) -> None:
     from proxy.demo import run_demo
 
     run_demo(port=port, request_count=request_count, keep_serving=not no_serve)
+
+
+if __name__ == "__main__":
+    main()
