@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -74,6 +75,10 @@ def _cell(value: Any) -> str:
 @click.version_option(package_name="metergate")
 def main() -> None:
     """metergate: a self-hosted gateway for paid LLM APIs."""
+    logging.basicConfig(
+        level=Settings().log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
 
 
 # -- db ---------------------------------------------------------------------------------
@@ -358,7 +363,7 @@ def screen_list(as_json: bool) -> None:
         for r in screening.DEFAULT_RULES
     ]
     with _session() as session:
-        tenant_names = dict(session.execute(select(Tenant.id, Tenant.name)).tuples().all())
+        tenant_names = {row.id: row.name for row in session.execute(select(Tenant.id, Tenant.name))}
         rows += [
             {
                 "name": r.name,
