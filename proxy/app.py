@@ -11,12 +11,16 @@ from redis import Redis
 from sqlalchemy import Engine, text
 from werkzeug.exceptions import HTTPException
 
+from proxy.cache import build_response_cache
 from proxy.config_cache import ConfigCache
 from proxy.errors import ANTHROPIC, OPENAI, GatewayError, MethodNotAllowed, NotFound
 from proxy.pipeline import Gateway, Pipeline, begin
 from proxy.providers import build_providers
 from proxy.providers.base import Provider
+from proxy.quota import Quotas, build_quotas
+from proxy.ratelimit import RateLimits, build_rate_limits
 from proxy.recorder import RecordWriter
+from proxy.resilience import Resilience
 from proxy.routes import anthropic, openai
 from shared.db import engine_for
 from shared.settings import Settings
@@ -36,6 +40,8 @@ class AppState:
     providers: dict[str, Provider]
     pipeline: Pipeline
     redis: Redis | None = None
+    rate_limits: RateLimits | None = None
+    quotas: Quotas | None = None
 
     def close(self) -> None:
         """Flush records and release connections (tests, graceful shutdown)."""
@@ -57,7 +63,8 @@ def create_app(
     """Build the proxy. ``settings`` defaults to the environment."""
     settings = settings or Settings()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # One byte over the limit, so read_body can tell "exactly the limit" from "over it".
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     engine = engine_for(settings)
     config = ConfigCache(engine, poll_seconds=settings.config_poll_seconds)
     writer = RecordWriter(
@@ -84,9 +91,23 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         trust_forwarded_for=settings.trust_forwarded_for,
         redis=redis_client,
+        cache=build_response_cache(settings, redis_client),
+        max_messages=settings.max_messages,
+        output_retries=settings.output_retries,
+        resilience=Resilience.from_settings(settings),
+        rate_limits=build_rate_limits(app, settings, redis_client),
+        quotas=build_quotas(settings, engine, config, redis_client),
     )
     state = AppState(
-        settings, engine, config, writer, providers, Pipeline(gateway), redis=redis_client
+        settings,
+        engine,
+        config,
+        writer,
+        providers,
+        Pipeline(gateway),
+        redis=redis_client,
+        rate_limits=gateway.rate_limits,
+        quotas=gateway.quotas,
     )
     app.extensions[EXTENSION] = state
     if start_background:

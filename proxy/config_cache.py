@@ -16,15 +16,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from shared.accounts import CONFIG_STATE_ID
+from shared.accounts import CONFIG_STATE_ID, get_global_monthly_usd
 from shared.catalogue import ModelEntry
 from shared.keys import hash_key
-from shared.models import ApiKey, ConfigState, ModelPrice, Tenant, Tier, User
+from shared.models import ApiKey, ConfigState, LimitsMixin, ModelPrice, Tenant, Tier, User
+from shared.screening import (
+    CompiledRule,
+    RuleSpec,
+    compile_rules,
+    load_rule_specs,
+    rules_for_tenant,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +52,9 @@ class EffectiveLimits:
     cache_ttl_seconds: int | None
 
 
+NO_LIMITS = EffectiveLimits(None, None, None, None, None, None)
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: the key and the user, tenant and tier behind it."""
@@ -63,6 +73,17 @@ class Principal:
     tier_name: str
     limits: EffectiveLimits
     allowed_models: frozenset[str] | None  # None: every model in the catalogue
+    # Rate limits and quotas are counted per scope, and a call must fit every scope:
+    # the user's (user override, else tier), the key's own overrides (narrowing one key
+    # within its user's allowance), and each end user's (the key's end-user tier).
+    user_limits: EffectiveLimits = NO_LIMITS
+    key_limits: EffectiveLimits = NO_LIMITS
+    end_user_limits: EffectiveLimits | None = None  # None: the key has no end-user tier
+    # The gateway marks long system prompts for Anthropic's prompt cache (tier setting).
+    is_prompt_cache_marked: bool = False
+    # Screening, from the tier: estimated prompt-token ceiling; moderation "flag"/"block".
+    max_prompt_tokens: int | None = None
+    moderation_action: str | None = None
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -81,6 +102,22 @@ def _intersect(*lists: list[str] | None) -> frozenset[str] | None:
         if names:
             allowed = frozenset(names) if allowed is None else allowed & frozenset(names)
     return allowed
+
+
+def _limits_of(*rows: LimitsMixin) -> EffectiveLimits:
+    """Each limit from the first row that sets it (most specific row first)."""
+
+    def first(name: str) -> Any:
+        return next((v for row in rows if (v := getattr(row, name)) is not None), None)
+
+    return EffectiveLimits(
+        rpm=first("rpm"),
+        tpm=first("tpm"),
+        monthly_tokens=first("monthly_tokens"),
+        monthly_usd=first("monthly_usd"),
+        max_tokens=first("max_tokens"),
+        cache_ttl_seconds=first("cache_ttl_seconds"),
+    )
 
 
 def principal_from_rows(key: ApiKey, user: User, tier: Tier, tenant: Tenant) -> Principal:
@@ -109,6 +146,12 @@ def principal_from_rows(key: ApiKey, user: User, tier: Tier, tenant: Tenant) -> 
         tier_name=tier.name,
         limits=limits,
         allowed_models=_intersect(key.models, user.models, tier.models),
+        user_limits=_limits_of(user, tier),
+        key_limits=_limits_of(key),
+        end_user_limits=_limits_of(key.end_user_tier) if key.end_user_tier else None,
+        is_prompt_cache_marked=bool(tier.is_prompt_cache_marked),
+        max_prompt_tokens=tier.max_prompt_tokens,
+        moderation_action=tier.moderation_action,
     )
 
 
@@ -130,6 +173,9 @@ class ConfigCache:
         self._principals: dict[str, Principal] = {}
         self._misses: dict[str, float] = {}
         self._models: dict[str, ModelEntry] | None = None
+        self._global_cap: tuple[Decimal | None] | None = None  # (cap,) once read
+        self._rule_specs: list[RuleSpec] | None = None
+        self._rules: dict[int, tuple[CompiledRule, ...]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -168,6 +214,31 @@ class ConfigCache:
     def model(self, name: str) -> ModelEntry | None:
         return self.models().get(name)
 
+    def global_monthly_usd(self) -> Decimal | None:
+        """The deployment's monthly USD cap (None: no cap); cached like the rest."""
+        cached = self._global_cap
+        if cached is None:
+            with Session(self._engine) as session:
+                cached = (get_global_monthly_usd(session),)
+            self._global_cap = cached
+        return cached[0]
+
+    def screening_rules(self, tenant_id: int) -> tuple[CompiledRule, ...]:
+        """The compiled screening rules in force for a tenant (blocking ones first)."""
+        rules = self._rules.get(tenant_id)
+        if rules is None:
+            specs = self._rule_specs
+            if specs is None:
+                with Session(self._engine) as session:
+                    specs = load_rule_specs(session)
+                self._rule_specs = specs
+            rules = compile_rules(rules_for_tenant(specs, tenant_id))
+            with self._lock:
+                if len(self._rules) > MAX_CACHED_KEYS:
+                    self._rules.clear()
+                self._rules[tenant_id] = rules
+        return rules
+
     # -- invalidation ---------------------------------------------------------------
 
     def clear(self) -> None:
@@ -175,6 +246,9 @@ class ConfigCache:
             self._principals = {}
             self._misses = {}
             self._models = None
+            self._global_cap = None
+            self._rule_specs = None
+            self._rules = {}
 
     def check_version(self) -> bool:
         """Read the config version; clear the cache if it moved. True if it did."""

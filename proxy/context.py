@@ -9,11 +9,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from proxy.cache import CacheTicket
 from proxy.config_cache import Principal
 from proxy.endpoints.base import RequestFacts
+from proxy.quota import Reservation
+from proxy.ratelimit import RateGrant
 from shared.catalogue import ModelEntry
 from shared.pricing import Usage
 from shared.records import CallRecord
+from shared.redact import redact
 
 
 @dataclass(slots=True)
@@ -33,6 +37,7 @@ class CallContext:
     principal: Principal | None = None
     facts: RequestFacts | None = None
     model: ModelEntry | None = None
+    answered_model: ModelEntry | None = None  # the model that answered (a fallback, maybe)
     upstream_seconds: float = 0.0
     first_token_at: float | None = None
     status: int = 200
@@ -43,7 +48,14 @@ class CallContext:
     response_body: str | None = None
     upstream_request_id: str | None = None
     is_cached: bool = False
+    cache_saved_usd: Decimal = Decimal(0)  # a hit: the original cost; else prompt-cache savings
+    cache: CacheTicket | None = None  # None: the response cache plays no part in this call
     attempts: list[dict[str, Any]] | None = None
+    refusal_reason: str | None = None
+    rate_grant: RateGrant | None = None  # what the rate limits charged; corrected at the end
+    reservation: Reservation | None = None  # the quota hold; settled at the end
+    flag_reasons: list[str] = field(default_factory=list)
+    output_valid: bool | None = None  # None: no JSON schema asked for, or nothing to check
 
     @property
     def request_id(self) -> str:
@@ -73,7 +85,8 @@ class CallContext:
             endpoint=self.endpoint,
             model=model.name if model else (facts.model if facts else None),
             provider=model.provider if model else None,
-            upstream_model=model.upstream_model if model else None,
+            upstream_model=(self.answered_model or model).upstream_model if model else None,
+            answered_model=self.answered_model.name if self.answered_model else None,
             is_stream=facts.is_stream if facts else False,
             status=self.status,
             error_code=self.error_code,
@@ -92,8 +105,18 @@ class CallContext:
             client_ip=self.client_ip,
             user_agent=self.user_agent,
             is_cached=self.is_cached,
+            cache_saved_usd=self.cache_saved_usd,
             upstream_request_id=self.upstream_request_id,
             attempts=self.attempts,
-            request_body=self.raw_body.decode("utf-8", "replace") if self.raw_body else None,
-            response_body=self.response_body,
+            refusal_reason=self.refusal_reason,
+            flag_reasons=list(dict.fromkeys(self.flag_reasons)) or None,
+            output_valid=self.output_valid,
+            # Secrets are kept out of the stored bodies (the client and upstream saw them).
+            request_body=stored_body(self.raw_body.decode("utf-8", "replace")),
+            response_body=stored_body(self.response_body),
         )
+
+
+def stored_body(text: str | None) -> str | None:
+    """A body as the request log keeps it: secrets redacted, empty as None."""
+    return redact(text) if text else None

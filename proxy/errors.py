@@ -2,11 +2,14 @@
 
     GatewayError                 every refusal; carries status, code, message
     ├── InvalidRequest           400 malformed JSON, missing or invalid fields
+    ├── ScreeningRefusal         400 too many messages, prompt too long, content blocked
     ├── BodyTooLarge             413 body over METERGATE_MAX_BODY_BYTES
     ├── AuthenticationFailed     401 missing, invalid, revoked or expired key
     ├── PermissionDenied         403 model not allowed for this key
     ├── NotFound                 404 unknown model or route
     ├── MethodNotAllowed         405
+    ├── RateLimited              429 requests or tokens per minute (Retry-After)
+    ├── QuotaExceeded            429 insufficient_quota: a monthly quota or cap is spent
     └── UpstreamFailure          502 / 503 / 504 the provider failed or timed out
 
 Stages raise these; no stage builds an HTTP response. ``render`` writes the
@@ -54,6 +57,7 @@ class GatewayError(Exception):
 
     status = 500
     code = "internal_error"
+    refusal_reason: str | None = None  # recorded with the call: which kind of refusal
 
     def __init__(
         self,
@@ -81,6 +85,14 @@ class InvalidRequest(GatewayError):
     code = "invalid_request"
 
 
+class ScreeningRefusal(GatewayError):
+    """Refused by the screening stage; ``code`` says which check (default: content)."""
+
+    status = 400
+    code = "content_policy_violation"
+    refusal_reason = "screening"
+
+
 class BodyTooLarge(GatewayError):
     status = 413
     code = "request_too_large"
@@ -104,6 +116,22 @@ class NotFound(GatewayError):
 class MethodNotAllowed(GatewayError):
     status = 405
     code = "method_not_allowed"
+
+
+class RateLimited(GatewayError):
+    """A requests- or tokens-per-minute limit; ``Retry-After`` says when to try again."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+    refusal_reason = "rate_limit"
+
+
+class QuotaExceeded(GatewayError):
+    """A monthly quota or spending cap is spent: retrying before it resets cannot help."""
+
+    status = 429
+    code = "insufficient_quota"
+    refusal_reason = "quota"
 
 
 class UpstreamFailure(GatewayError):

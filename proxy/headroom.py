@@ -110,7 +110,9 @@ class HeadroomTracker:
         if not read:
             return
         now = self._clock()
-        fresh = {name: Budget(left, now + max(seconds, 0.0)) for name, (left, seconds) in read.items()}
+        fresh = {
+            name: Budget(left, now + max(seconds, 0.0)) for name, (left, seconds) in read.items()
+        }
         with self._lock:
             self._budgets[key] = {**self._budgets.get(key, {}), **fresh}
 

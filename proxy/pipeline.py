@@ -1,7 +1,9 @@
 """The one pipeline every proxied call goes through. The order of stages is written here.
 
-    read body -> authenticate -> parse -> endpoint reads request -> resolve model
-    -> upstream -> price -> answer (whole, or streamed event by event) -> record
+    read body -> authenticate (per-IP limit on failures) -> parse -> endpoint reads request
+    -> resolve model -> rate limits -> screen -> cache lookup -> reserve quota
+    -> upstream -> check output schema (ask again while invalid) -> price
+    -> answer (whole, or streamed event by event) -> record
 
 Every path ends in exactly one record: answered, refused, failed upstream,
 cut off mid-stream, or broken by a bug in the gateway.
@@ -12,23 +14,39 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 import orjson
 from flask import Request, Response
 from redis import Redis
 
 from proxy.auth import authenticate
+from proxy.cache import CacheEntry, ResponseCache
+from proxy.charge import Charge, charge_for
 from proxy.config_cache import ConfigCache
 from proxy.context import CallContext
 from proxy.endpoints.base import Endpoint, JsonObject, StreamReader
 from proxy.endpoints.sse import iter_events
-from proxy.errors import GatewayError, error_body, render_error
+from proxy.errors import AuthenticationFailed, GatewayError, error_body, render_error
+from proxy.output_schema import (
+    INVALID_OUTPUT,
+    OUTPUT_VALID_HEADER,
+    SchemaValidators,
+    is_valid_answer,
+)
+from proxy.prompt_cache import mark_system_prompt
 from proxy.providers.base import Provider, UpstreamError, UpstreamResponse, UpstreamUnreachable
+from proxy.quota import Quotas
+from proxy.ratelimit import RateLimits
 from proxy.recorder import RecordWriter
+from proxy.replay import replay_stream
+from proxy.resilience import Resilience, fallback_chain
+from proxy.screen import moderator_of, screen
 from proxy.upstream import failure_for, forwarded_headers, invalid_answer, passed_response_headers
 from proxy.validate import parse_json_object, read_body, resolve_model
-from shared.pricing import Usage, format_usd, price_usage
+from shared.catalogue import ModelEntry
+from shared.pricing import Usage, format_usd, price_prompt_cache_savings, price_usage
 from shared.tokens import estimate_prompt_tokens, estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -46,6 +64,13 @@ class Gateway:
     max_body_bytes: int
     trust_forwarded_for: bool = False
     redis: Redis | None = None  # None: embedded mode, in-process storage
+    cache: ResponseCache | None = None  # None: no response cache
+    rate_limits: RateLimits | None = None  # None: no rate limits (tests of other stages)
+    quotas: Quotas | None = None  # None: no quotas or caps
+    max_messages: int = 1000
+    output_retries: int = 1
+    validators: SchemaValidators = field(default_factory=SchemaValidators)
+    resilience: Resilience = field(default_factory=Resilience.default)
 
 
 def begin(request: Request, dialect: str, endpoint: str, trust_forwarded_for: bool) -> CallContext:
@@ -63,13 +88,18 @@ def begin(request: Request, dialect: str, endpoint: str, trust_forwarded_for: bo
 
 
 def gateway_headers(ctx: CallContext, cost: str | None = None) -> dict[str, str]:
-    return {
+    headers = {
         "x-request-id": ctx.request_id,
         "x-metergate-record-id": ctx.id,
         "x-metergate-cost-usd": cost if cost is not None else format_usd(ctx.cost_usd),
         "x-metergate-overhead-ms": f"{ctx.overhead_ms():.2f}",
         "x-metergate-cache": "hit" if ctx.is_cached else "miss",
     }
+    if ctx.output_valid is not None:
+        headers[OUTPUT_VALID_HEADER] = "true" if ctx.output_valid else "false"
+    if ctx.rate_grant is not None:
+        headers.update(ctx.rate_grant.headers())
+    return headers
 
 
 class Pipeline:
@@ -81,30 +111,57 @@ class Pipeline:
     def handle(self, endpoint: Endpoint, request: Request) -> Response:
         gw = self.gateway
         ctx = begin(request, endpoint.dialect, endpoint.name, gw.trust_forwarded_for)
+        is_streaming = False
         try:
             request_headers = _lower_headers(request)
             ctx.raw_body = read_body(request, gw.max_body_bytes)
-            ctx.principal = authenticate(gw.config, request_headers)
+            try:
+                ctx.principal = authenticate(gw.config, request_headers)
+            except AuthenticationFailed:
+                if gw.rate_limits is not None:  # 429 instead, past the per-IP limit
+                    gw.rate_limits.check_unauthenticated(ctx.client_ip)
+                raise
             body = parse_json_object(ctx.raw_body)
             ctx.facts = endpoint.read_request(body, request_headers)
             ctx.model = resolve_model(gw.config, ctx.principal, ctx.facts.model, endpoint.provider)
+            self._limit_rate(ctx)
+            ctx.flag_reasons += screen(
+                ctx.facts,
+                ctx.principal,
+                gw.config.screening_rules(ctx.principal.tenant_id),
+                max_messages=gw.max_messages,
+                moderator=moderator_of(gw.providers),
+            )
+            hit = self._look_up(ctx, endpoint, body, request_headers)
+            if hit is not None:
+                return self._serve_cached(ctx, endpoint, hit)
+            self._reserve(ctx)  # after the cache lookup: a hit costs nothing against quotas
             upstream_body = endpoint.upstream_body(body, ctx.facts, ctx.model.upstream_model)
+            if ctx.principal.is_prompt_cache_marked:
+                upstream_body = mark_system_prompt(endpoint.name, upstream_body)
             provider = gw.providers[ctx.model.provider]
             headers = forwarded_headers(provider.name, request_headers)
             if ctx.facts.is_stream:
-                return self._stream(ctx, endpoint, provider, upstream_body, headers)
+                response = self._stream(ctx, endpoint, provider, upstream_body, headers)
+                is_streaming = True  # from here the stream settles, when it ends
+                return response
             return self._answer(ctx, endpoint, provider, upstream_body, headers)
         except GatewayError as error:
             return self.refuse(ctx, error)
         except Exception:  # a bug: the caller still gets a JSON error, the call a record
             log.exception("event=pipeline_error request_id=%s", ctx.id)
             return self.refuse(ctx, GatewayError("The gateway failed to handle this request."))
+        finally:
+            if not is_streaming:  # whatever escaped (gevent timeout, worker abort): release
+                self._settle_usage(ctx)
 
     def refuse(self, ctx: CallContext, error: GatewayError) -> Response:
         """Answer with ``error`` in the caller's dialect, and record the call."""
+        self._settle_cache(ctx, None)
         ctx.status = error.status
         ctx.error_code = error.code
         ctx.error_message = error.message
+        ctx.refusal_reason = ctx.refusal_reason or error.refusal_reason
         response = render_error(error, ctx.dialect)
         ctx.response_body = response.get_data(as_text=True)
         response.headers.update(error.headers)
@@ -113,10 +170,49 @@ class Pipeline:
         return response
 
     def record(self, ctx: CallContext) -> None:
+        """The end of every path: settle usage against limits and quotas, then log the call."""
+        self._settle_usage(ctx)
         try:
             self.gateway.writer.submit(ctx.to_record())
         except Exception:  # building the record must never take the answer down
             log.exception("event=record_build_failed request_id=%s", ctx.id)
+
+    # -- rate limits and quotas --------------------------------------------------------
+
+    def _charge(self, ctx: CallContext) -> Charge:
+        """The most this call can use; a schema retry can ask again, so it counts too."""
+        assert ctx.facts is not None and ctx.principal is not None
+        retries = self.gateway.output_retries if ctx.facts.output_schema is not None else 0
+        return charge_for(ctx.facts, ctx.principal, attempts=1 + retries)
+
+    def _limit_rate(self, ctx: CallContext) -> None:
+        limits = self.gateway.rate_limits
+        if limits is None:
+            return
+        assert ctx.principal is not None and ctx.facts is not None
+        charged = self._charge(ctx).total_tokens
+        ctx.rate_grant = limits.check(ctx.principal, ctx.facts.end_user, charged)
+
+    def _reserve(self, ctx: CallContext) -> None:
+        quotas = self.gateway.quotas
+        if quotas is None:
+            return
+        assert ctx.principal is not None and ctx.facts is not None and ctx.model is not None
+        # Priced at the dearest model that may answer: the one asked for or a fallback.
+        fallbacks = (self.gateway.config.model(name) for name in ctx.model.fallbacks)
+        models = [ctx.model, *(model for model in fallbacks if model is not None)]
+        ctx.reservation = quotas.reserve(
+            ctx.id, ctx.principal, ctx.facts.end_user, models, self._charge(ctx)
+        )
+
+    def _settle_usage(self, ctx: CallContext) -> None:
+        """Correct the token charge and settle the quota hold to actual usage (once)."""
+        used = 0 if ctx.is_cached else ctx.usage.total_tokens
+        cost = Decimal(0) if ctx.is_cached else ctx.cost_usd
+        if ctx.rate_grant is not None and self.gateway.rate_limits is not None:
+            self.gateway.rate_limits.correct(ctx.rate_grant, used)
+        if ctx.reservation is not None and self.gateway.quotas is not None:
+            self.gateway.quotas.settle(ctx.reservation, used, cost)
 
     # -- whole answers ----------------------------------------------------------------
 
@@ -128,11 +224,32 @@ class Pipeline:
         body: JsonObject,
         headers: dict[str, str],
     ) -> UpstreamResponse:
+        """Call upstream with retries, breakers and the fallback chain (proxy.resilience).
+
+        The answer is taken far enough to know it arrived (a whole body read, a stream's
+        first chunk), so that a failure up to there is still retried: nothing has reached
+        the client yet. Sets ``ctx.answered_model``; appends to ``ctx.attempts``.
+        """
+        assert ctx.model is not None and ctx.principal is not None and ctx.facts is not None
+        is_stream = ctx.facts.is_stream
+        chain = fallback_chain(ctx.model, self.gateway.config.model, ctx.principal.may_use)
+
+        def send(model: ModelEntry, seconds_left: float) -> UpstreamResponse:
+            upstream = provider.send(
+                endpoint.upstream_path,
+                {**body, "model": model.upstream_model},
+                headers,
+                timeout_seconds=seconds_left,
+            )
+            upstream.prefetch(is_stream=is_stream)
+            return upstream
+
+        if ctx.attempts is None:
+            ctx.attempts = []
         started = time.perf_counter()
         try:
-            return provider.send(endpoint.upstream_path, body, headers)
-        except UpstreamError as exc:
-            raise failure_for(exc) from exc
+            ctx.answered_model, upstream = self.gateway.resilience.call(chain, send, ctx.attempts)
+            return upstream
         finally:
             ctx.upstream_seconds += time.perf_counter() - started
 
@@ -144,7 +261,31 @@ class Pipeline:
         body: JsonObject,
         headers: dict[str, str],
     ) -> Response:
-        assert ctx.model is not None
+        assert ctx.model is not None and ctx.facts is not None
+        fetched = self._fetch(ctx, endpoint, provider, body, headers)
+        ctx.usage = endpoint.read_usage(fetched.answer)
+        if ctx.facts.output_schema is not None:
+            fetched = self._conform(ctx, endpoint, provider, body, headers, fetched)
+        upstream, raw = fetched.upstream, fetched.raw
+        ctx.cost_usd = price_usage(ctx.usage, ctx.answered_model or ctx.model)
+        ctx.cache_saved_usd = price_prompt_cache_savings(ctx.usage, ctx.answered_model or ctx.model)
+        ctx.first_token_at = time.perf_counter()
+        response = Response(raw, status=upstream.status, mimetype="application/json")
+        response.headers.update(passed_response_headers(upstream.headers))
+        response.headers.update(gateway_headers(ctx))
+        self._settle_cache(ctx, fetched.answer if upstream.status == 200 else None)
+        self.record(ctx)
+        return response
+
+    def _fetch(
+        self,
+        ctx: CallContext,
+        endpoint: Endpoint,
+        provider: Provider,
+        body: JsonObject,
+        headers: dict[str, str],
+    ) -> Fetched:
+        """One whole answer from upstream, read and parsed; raises GatewayError."""
         upstream = self._send(ctx, endpoint, provider, body, headers)
         started = time.perf_counter()
         try:
@@ -163,14 +304,46 @@ class Pipeline:
             raise invalid_answer("the body is not valid JSON") from exc
         if not isinstance(answer, dict):
             raise invalid_answer("the body is not a JSON object")
-        ctx.usage = endpoint.read_usage(answer)
-        ctx.cost_usd = price_usage(ctx.usage, ctx.model)
-        ctx.first_token_at = time.perf_counter()
-        response = Response(raw, status=upstream.status, mimetype="application/json")
-        response.headers.update(passed_response_headers(upstream.headers))
-        response.headers.update(gateway_headers(ctx))
-        self.record(ctx)
-        return response
+        return Fetched(upstream, raw, answer)
+
+    def _conform(
+        self,
+        ctx: CallContext,
+        endpoint: Endpoint,
+        provider: Provider,
+        body: JsonObject,
+        headers: dict[str, str],
+        fetched: Fetched,
+    ) -> Fetched:
+        """Check the answer against the requested JSON schema; ask again while it fails.
+
+        Every attempt's usage is counted. A retry that fails upstream leaves the answer
+        already in hand to be served (flagged), rather than failing the call.
+        """
+        assert ctx.facts is not None and ctx.facts.output_schema is not None
+        validator = self.gateway.validators.get(ctx.facts.output_schema)
+        if validator is None:
+            return fetched
+        is_valid = is_valid_answer(validator, fetched.answer)
+        for _ in range(self.gateway.output_retries):
+            if is_valid is not False:
+                break
+            try:
+                fetched = self._fetch(ctx, endpoint, provider, body, headers)
+            except GatewayError as error:
+                log.warning("event=output_retry_failed request_id=%s code=%s", ctx.id, error.code)
+                break
+            ctx.usage = _sum_usage(ctx.usage, endpoint.read_usage(fetched.answer))
+            is_valid = is_valid_answer(validator, fetched.answer)
+        ctx.response_body = fetched.raw.decode("utf-8", "replace")
+        ctx.upstream_request_id = _upstream_id(fetched.upstream)
+        self._note_output(ctx, is_valid)
+        return fetched
+
+    def _note_output(self, ctx: CallContext, is_valid: bool | None) -> None:
+        ctx.output_valid = is_valid
+        if is_valid is False:
+            ctx.flag_reasons.append(INVALID_OUTPUT)
 
     # -- streams ----------------------------------------------------------------------
 
@@ -231,15 +404,92 @@ class Pipeline:
 
     def _settle_stream(self, ctx: CallContext, reader: StreamReader) -> None:
         assert ctx.model is not None and ctx.facts is not None
+        assembled: JsonObject | None = None
         try:
             assembled = reader.assembled()
             ctx.response_body = orjson.dumps(assembled).decode()
             ctx.usage = reader.usage()
             if not reader.is_complete:
                 ctx.usage = partial_usage(ctx.usage, ctx.facts.prompt_text, assembled)
-            ctx.cost_usd = price_usage(ctx.usage, ctx.model)
+            elif ctx.facts.output_schema is not None:
+                validator = self.gateway.validators.get(ctx.facts.output_schema)
+                if validator is not None:
+                    self._note_output(ctx, is_valid_answer(validator, assembled))
+            ctx.cost_usd = price_usage(ctx.usage, ctx.answered_model or ctx.model)
+            ctx.cache_saved_usd = price_prompt_cache_savings(
+                ctx.usage, ctx.answered_model or ctx.model
+            )
         finally:
+            self._settle_cache(ctx, assembled if reader.is_complete else None)
             self.record(ctx)
+
+    # -- response cache ---------------------------------------------------------------
+
+    def _look_up(
+        self, ctx: CallContext, endpoint: Endpoint, body: JsonObject, headers: dict[str, str]
+    ) -> CacheEntry | None:
+        """The cached answer to this call, if any; on a miss the call holds its ticket."""
+        cache = self.gateway.cache
+        assert ctx.principal is not None and ctx.model is not None
+        if cache is None:
+            return None
+        ctx.cache = cache.plan(
+            tenant_id=ctx.principal.tenant_id,
+            tier_ttl_seconds=ctx.principal.limits.cache_ttl_seconds,
+            endpoint=endpoint.name,
+            upstream_model=ctx.model.upstream_model,
+            body=body,
+            headers=headers,
+        )
+        return cache.lookup(ctx.cache) if ctx.cache is not None else None
+
+    def _serve_cached(self, ctx: CallContext, endpoint: Endpoint, entry: CacheEntry) -> Response:
+        """Answer from the cache: no upstream call, no cost; the record keeps what it saved."""
+        assert ctx.facts is not None
+        ctx.is_cached = True
+        ctx.usage, ctx.cost_usd, ctx.cache_saved_usd = entry.usage, Decimal(0), entry.cost_usd
+        ctx.response_body = orjson.dumps(entry.body).decode()
+        ctx.first_token_at = time.perf_counter()
+        if ctx.facts.is_stream:
+            events = replay_stream(endpoint.name, entry.body, ctx.facts)
+            response = Response(events, status=200, mimetype="text/event-stream")
+            response.headers["Cache-Control"] = "no-cache"
+        else:
+            response = Response(ctx.response_body, status=200, mimetype="application/json")
+        response.headers.update(gateway_headers(ctx))
+        self.record(ctx)
+        return response
+
+    def _settle_cache(self, ctx: CallContext, answer: JsonObject | None) -> None:
+        """Store a complete, successful, valid answer of the model asked for (not of a
+        fallback); end the call's single-flight claim."""
+        cache, ticket = self.gateway.cache, ctx.cache
+        if cache is None or ticket is None:
+            return
+        entry = None
+        is_asked_model = ctx.answered_model is None or ctx.answered_model == ctx.model
+        if answer is not None and ctx.model is not None and ctx.status == 200 and is_asked_model:
+            if ctx.output_valid is not False:
+                entry = CacheEntry(answer, ctx.usage, ctx.cost_usd, ctx.model.name)
+        cache.settle(ticket, entry)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A whole upstream answer: the response (headers, status), its bytes, parsed."""
+
+    upstream: UpstreamResponse
+    raw: bytes
+    answer: JsonObject
+
+
+def _sum_usage(first: Usage, second: Usage) -> Usage:
+    return Usage(
+        first.prompt_tokens + second.prompt_tokens,
+        first.completion_tokens + second.completion_tokens,
+        first.cache_read_tokens + second.cache_read_tokens,
+        first.cache_write_tokens + second.cache_write_tokens,
+    )
 
 
 def partial_usage(usage: Usage, prompt_text: list[str], assembled: JsonObject) -> Usage:

@@ -21,8 +21,11 @@ FORWARDED_REQUEST_HEADERS = {
     "anthropic": ("anthropic-version", "anthropic-beta"),
     "openai": (),
 }
-# Provider headers that reach the client.
+# Provider headers that reach the client. The provider's x-ratelimit-* describe the
+# gateway's own provider account: they go out renamed, so the gateway's limits
+# (proxy.ratelimit) own the names the SDKs read.
 PASSED_RESPONSE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+RENAMED_RESPONSE_PREFIXES = {"x-ratelimit-": "x-upstream-ratelimit-"}
 PASSED_RESPONSE_HEADERS = ("retry-after", "request-id", "openai-processing-ms")
 PASSED_THROUGH_STATUSES = frozenset({400, 404, 409, 413, 415, 422})
 
@@ -33,11 +36,14 @@ def forwarded_headers(provider: str, headers: Mapping[str, str]) -> dict[str, st
 
 
 def passed_response_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {
-        name: value
-        for name, value in headers.items()
-        if name in PASSED_RESPONSE_HEADERS or name.startswith(PASSED_RESPONSE_PREFIXES)
-    }
+    passed: dict[str, str] = {}
+    for name, value in headers.items():
+        if name in PASSED_RESPONSE_HEADERS or name.startswith(PASSED_RESPONSE_PREFIXES):
+            for prefix, renamed in RENAMED_RESPONSE_PREFIXES.items():
+                if name.startswith(prefix):
+                    name = renamed + name[len(prefix) :]
+            passed[name] = value
+    return passed
 
 
 def upstream_message(body: bytes) -> tuple[str | None, str | None]:

@@ -19,8 +19,15 @@ def read_body(request: Request, max_bytes: int) -> bytes:
     """The raw body; BodyTooLarge (413) past ``max_bytes``, InvalidRequest if it broke off."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise BodyTooLarge(f"Request body is larger than the limit of {max_bytes} bytes.")
+    data = b""
     try:
-        data = request.stream.read(max_bytes + 1)
+        # A chunked body has no Content-Length: read until it ends or passes the limit
+        # (the app's MAX_CONTENT_LENGTH is one byte more, so that read never raises).
+        while len(data) <= max_bytes:
+            chunk = request.stream.read(max_bytes + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
     except RequestEntityTooLarge as exc:
         raise BodyTooLarge(f"Request body is larger than the limit of {max_bytes} bytes.") from exc
     except ClientDisconnected as exc:

@@ -16,7 +16,15 @@ from sqlalchemy.orm import Session
 
 from shared.catalogue import PROVIDERS
 from shared.keys import ENVIRONMENTS, generate_key
-from shared.models import ApiKey, ConfigState, ModelPrice, Tenant, Tier, User
+from shared.models import (
+    ApiKey,
+    ConfigState,
+    DeploymentSetting,
+    ModelPrice,
+    Tenant,
+    Tier,
+    User,
+)
 
 CONFIG_STATE_ID = 1
 
@@ -46,6 +54,39 @@ class Limits:
         for name, value in self.set_values().items():
             if name != "models" and value < 0:
                 raise AccountError(f"{name} must not be negative (got {value})")
+
+
+MODERATION_CHOICES = ("flag", "block", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class TierPolicy:
+    """A tier's screening and prompt-cache settings. ``None`` means "leave as it is".
+
+    ``moderation``: "flag" or "block" sends prompts to OpenAI's moderation endpoint;
+    "off" stops it. ``max_prompt_tokens`` refuses longer prompts (estimated).
+    """
+
+    max_prompt_tokens: int | None = None
+    moderation: str | None = None
+    is_prompt_cache_marked: bool | None = None
+
+    def validate(self) -> None:
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise AccountError(f"max_prompt_tokens must be positive (got {self.max_prompt_tokens})")
+        if self.moderation is not None and self.moderation not in MODERATION_CHOICES:
+            raise AccountError(f"moderation must be one of {', '.join(MODERATION_CHOICES)}")
+
+    def column_values(self) -> dict[str, Any]:
+        """The ``Tier`` columns this policy sets."""
+        values: dict[str, Any] = {}
+        if self.max_prompt_tokens is not None:
+            values["max_prompt_tokens"] = self.max_prompt_tokens
+        if self.moderation is not None:
+            values["moderation_action"] = None if self.moderation == "off" else self.moderation
+        if self.is_prompt_cache_marked is not None:
+            values["is_prompt_cache_marked"] = self.is_prompt_cache_marked
+        return values
 
 
 def now_utc() -> datetime:
@@ -82,20 +123,28 @@ def get_tenant(session: Session, name: str) -> Tenant:
     return tenant
 
 
-def create_tier(session: Session, name: str, limits: Limits) -> Tier:
+def create_tier(
+    session: Session, name: str, limits: Limits, policy: TierPolicy | None = None
+) -> Tier:
     limits.validate()
+    policy = policy or TierPolicy()
+    policy.validate()
     if session.scalar(select(Tier).where(Tier.name == name)) is not None:
         raise AccountError(f"tier {name!r} already exists")
-    tier = Tier(name=name, created_at=now_utc(), **limits.set_values())
+    tier = Tier(name=name, created_at=now_utc(), **limits.set_values(), **policy.column_values())
     session.add(tier)
     announce_change(session)
     return tier
 
 
-def update_tier(session: Session, name: str, limits: Limits) -> Tier:
+def update_tier(
+    session: Session, name: str, limits: Limits, policy: TierPolicy | None = None
+) -> Tier:
     limits.validate()
+    policy = policy or TierPolicy()
+    policy.validate()
     tier = get_tier(session, name)
-    for field_name, value in limits.set_values().items():
+    for field_name, value in {**limits.set_values(), **policy.column_values()}.items():
         setattr(tier, field_name, value)
     announce_change(session)
     return tier
@@ -163,15 +212,7 @@ def create_key(
 
 def revoke_key(session: Session, id_or_prefix: str) -> ApiKey:
     """Revoke one key by numeric id or display prefix (the prefix must be unambiguous)."""
-    conditions = [ApiKey.prefix == id_or_prefix]
-    if id_or_prefix.isdigit():
-        conditions.append(ApiKey.id == int(id_or_prefix))
-    matches = list(session.scalars(select(ApiKey).where(or_(*conditions))))
-    if not matches:
-        raise AccountError(f"no key with id or prefix {id_or_prefix!r}")
-    if len(matches) > 1:
-        raise AccountError(f"{id_or_prefix!r} matches {len(matches)} keys; use the id")
-    key = matches[0]
+    key = _one_key(session, id_or_prefix)
     if key.revoked_at is None:
         key.revoked_at = now_utc()
         announce_change(session)
@@ -236,3 +277,80 @@ def _check_fallbacks(session: Session, name: str, provider: str, fallbacks: list
             raise AccountError(
                 f"fallback model {fallback!r} is served by {row.provider}, not {provider}"
             )
+
+
+# -- limits on existing rows, caps -----------------------------------------------------
+
+GLOBAL_MONTHLY_USD = "global_monthly_usd"
+
+
+def set_user_limits(session: Session, email: str, limits: Limits) -> User:
+    """Override some of a user's limits (over its tier's); unset fields stay as they are."""
+    limits.validate()
+    user = get_user(session, email)
+    for field_name, value in limits.set_values().items():
+        setattr(user, field_name, value)
+    announce_change(session)
+    return user
+
+
+def set_key_limits(
+    session: Session,
+    id_or_prefix: str,
+    limits: Limits,
+    *,
+    end_user_tier: str | None = None,
+) -> ApiKey:
+    """Limit one key within its user's allowance; ``end_user_tier`` limits each end user."""
+    limits.validate()
+    key = _one_key(session, id_or_prefix)
+    for field_name, value in limits.set_values().items():
+        setattr(key, field_name, value)
+    if end_user_tier is not None:
+        key.end_user_tier = get_tier(session, end_user_tier)
+    announce_change(session)
+    return key
+
+
+def set_tenant_monthly_usd(session: Session, name: str, monthly_usd: Decimal | None) -> Tenant:
+    """Set (or with None, remove) a tenant's monthly USD cap."""
+    if monthly_usd is not None and monthly_usd < 0:
+        raise AccountError("monthly_usd must not be negative")
+    tenant = get_tenant(session, name)
+    tenant.monthly_usd = monthly_usd
+    announce_change(session)
+    return tenant
+
+
+def set_global_monthly_usd(session: Session, monthly_usd: Decimal | None) -> None:
+    """Set (or with None, remove) the deployment's monthly USD cap, the last line of defense."""
+    if monthly_usd is not None and monthly_usd < 0:
+        raise AccountError("the global monthly USD cap must not be negative")
+    row = session.get(DeploymentSetting, GLOBAL_MONTHLY_USD)
+    if monthly_usd is None:
+        if row is not None:
+            session.delete(row)
+    else:
+        row = row or DeploymentSetting(name=GLOBAL_MONTHLY_USD)
+        row.value = str(monthly_usd)
+        row.updated_at = now_utc()
+        session.add(row)
+    announce_change(session)
+
+
+def get_global_monthly_usd(session: Session) -> Decimal | None:
+    row = session.get(DeploymentSetting, GLOBAL_MONTHLY_USD)
+    return None if row is None else Decimal(row.value)
+
+
+def _one_key(session: Session, id_or_prefix: str) -> ApiKey:
+    """One key by numeric id or display prefix (the prefix must be unambiguous)."""
+    conditions = [ApiKey.prefix == id_or_prefix]
+    if id_or_prefix.isdigit():
+        conditions.append(ApiKey.id == int(id_or_prefix))
+    matches = list(session.scalars(select(ApiKey).where(or_(*conditions))))
+    if not matches:
+        raise AccountError(f"no key with id or prefix {id_or_prefix!r}")
+    if len(matches) > 1:
+        raise AccountError(f"{id_or_prefix!r} matches {len(matches)} keys; use the id")
+    return matches[0]

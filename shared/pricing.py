@@ -52,6 +52,12 @@ def price_usage(usage: Usage, prices: Prices) -> Decimal:
     return cost.quantize(COST_QUANTUM)
 
 
+def price_prompt_cache_savings(usage: Usage, prices: Prices) -> Decimal:
+    """What reading ``usage``'s cached prompt tokens saved against the full input price."""
+    per_mtok = max(Decimal(0), prices.input_per_mtok - prices.cached_input_per_mtok)
+    return (usage.cache_read_tokens * per_mtok / MILLION).quantize(COST_QUANTUM)
+
+
 def format_usd(amount: Decimal) -> str:
     """Plain decimal notation (never exponent form) for headers and CLI output."""
     return f"{amount.quantize(COST_QUANTUM):f}"

@@ -109,8 +109,52 @@ class Settings(BaseSettings):
     spool_dir: Path | None = Field(
         None, description="Where records wait while the database is down (default: data_dir/spool)."
     )
+    unauthenticated_rpm: int = Field(
+        600,
+        ge=1,
+        description="Requests per minute per client IP whose key fails authentication (429 above).",
+    )
+    reservation_ttl_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="How long a call may hold its quota reservation before it expires "
+        "(frees the hold of a crashed or abandoned call).",
+    )
     trust_forwarded_for: bool = Field(
         False, description="Take the client IP from X-Forwarded-For (behind a trusted proxy)."
+    )
+    max_messages: int = Field(
+        1000, ge=1, description="Most messages one request may carry (400 too_many_messages above)."
+    )
+    moderation_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Deadline for a moderation check; past it the call goes ahead, flagged "
+        "moderation_unavailable.",
+    )
+    output_retries: int = Field(
+        1,
+        ge=0,
+        description="Times a non-streamed answer failing its requested JSON schema is asked for "
+        "again.",
+    )
+    cache_max_ttl_seconds: int = Field(
+        86400,
+        ge=1,
+        description="Longest time a cached answer is kept, whatever the tier or the "
+        "x-metergate-cache-ttl header asks for.",
+    )
+    cache_lock_wait_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long identical concurrent cache misses wait for the one call asking "
+        "upstream before making their own.",
+    )
+    cache_memory_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Size bound of the in-process answer cache (embedded mode, no Redis); "
+        "least recently used answers go first.",
     )
     log_level: str = Field("INFO", description="Application log level.")
 

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, false, func, select
 from sqlalchemy.orm import Session
 
 from shared.models import RequestRecord
+from shared.pricing import COST_QUANTUM
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,24 +80,23 @@ def month_usage(engine: Engine, month: str) -> MonthUsage:
             (RequestRecord.key_id, usage.keys),
             (RequestRecord.tenant_id, usage.tenants),
         ):
-            rows = session.execute(
-                select(column, tokens, usd).where(*in_month, column.is_not(None)).group_by(column)
-            )
-            for owner, spent_tokens, spent_usd in rows:
-                target[int(owner)] = Spent(int(spent_tokens), Decimal(spent_usd))
-        rows = session.execute(
+            query = select(column, tokens, usd).where(*in_month, column.is_not(None))
+            for owner, spent_tokens, spent_usd in session.execute(query.group_by(column)):
+                target[int(str(owner))] = _spent(spent_tokens, spent_usd)
+        by_end_user = (
             select(RequestRecord.key_id, RequestRecord.end_user, tokens, usd)
             .where(
-                *in_month,
-                RequestRecord.key_id.is_not(None),
-                RequestRecord.end_user.is_not(None),
+                *in_month, RequestRecord.key_id.is_not(None), RequestRecord.end_user.is_not(None)
             )
             .group_by(RequestRecord.key_id, RequestRecord.end_user)
         )
-        for key_id, end_user, spent_tokens, spent_usd in rows:
-            usage.end_users[(int(key_id), str(end_user))] = Spent(
-                int(spent_tokens), Decimal(spent_usd)
-            )
+        for key_id, end_user, spent_tokens, spent_usd in session.execute(by_end_user):
+            usage.end_users[(int(str(key_id)), str(end_user))] = _spent(spent_tokens, spent_usd)
         total_tokens, total_usd = session.execute(select(tokens, usd).where(*in_month)).one()
-        usage.total = Spent(int(total_tokens), Decimal(total_usd))
+        usage.total = _spent(total_tokens, total_usd)
     return usage
+
+
+def _spent(tokens: object, usd: object) -> Spent:
+    # SQLite sums NUMERIC as floats: quantize back to the ledger's 1e-8 USD.
+    return Spent(int(str(tokens)), Decimal(str(usd)).quantize(COST_QUANTUM))

@@ -60,6 +60,7 @@ class Messages:
             or None,
             max_tokens=max_tokens,
             prompt_text=prompt_text,
+            message_count=len(messages),
         )
 
     def upstream_body(

@@ -25,6 +25,9 @@ class RequestFacts:
     max_tokens: int | None = None
     wants_stream_usage: bool = False
     prompt_text: list[str] = field(default_factory=list)
+    message_count: int = 0
+    # The JSON schema the answer's content must follow (OpenAI ``response_format``).
+    output_schema: JsonObject | None = None
 
 
 class StreamReader(Protocol):

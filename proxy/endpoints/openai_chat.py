@@ -50,6 +50,15 @@ def read_positive_int(body: JsonObject, name: str) -> int | None:
     return int(value)
 
 
+def read_output_schema(response_format: Any) -> JsonObject | None:
+    """The schema of a ``{"type": "json_schema", "json_schema": {"schema": …}}`` format."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return schema if isinstance(schema, dict) else None
+
+
 class ChatCompletions:
     name = "chat.completions"
     dialect = "openai"
@@ -84,6 +93,8 @@ class ChatCompletions:
             max_tokens=max_tokens,
             wants_stream_usage=bool(options and options.get("include_usage")),
             prompt_text=prompt_text,
+            message_count=len(messages),
+            output_schema=read_output_schema(body.get("response_format")),
         )
 
     def upstream_body(
@@ -112,6 +123,7 @@ class ChatStreamReader:
     def __init__(self, facts: RequestFacts) -> None:
         self._wants_usage = facts.wants_stream_usage
         self._usage = Usage()
+        self._usage_body: JsonObject | None = None  # the provider's own, kept for the answer
         self._choices: dict[int, JsonObject] = {}
         self._head: JsonObject = {}
         self._done = False
@@ -142,6 +154,8 @@ class ChatStreamReader:
             self._head = {k: chunk.get(k) for k in ("id", "model", "created", "system_fingerprint")}
         if chunk.get("usage"):
             self._usage = read_openai_usage(chunk["usage"])
+            if isinstance(chunk["usage"], dict):
+                self._usage_body = chunk["usage"]
             if not chunk.get("choices") and not self._wants_usage:
                 return None
         for choice in chunk.get("choices") or []:
@@ -201,7 +215,8 @@ class ChatStreamReader:
             **self._head,
             "object": "chat.completion",
             "choices": choices,
-            "usage": {
+            "usage": self._usage_body
+            or {
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
                 "total_tokens": usage.total_tokens,

@@ -6,11 +6,17 @@ from typing import Any
 
 import openai
 
-from proxy.providers.base import UpstreamNotConfigured, UpstreamResponse
+from proxy.providers.base import (
+    UpstreamNotConfigured,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from proxy.providers.sdk import clipped_timeout, send_raw, timeout_for
 from shared.settings import Settings
 
 ERRORS = (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError)
+MODERATION_MODEL = "omni-moderation-latest"
 
 
 class OpenAIProvider:
@@ -29,6 +35,7 @@ class OpenAIProvider:
             max_retries=0,
             timeout=self._timeout,
         )
+        self._moderation_timeout = settings.moderation_timeout_seconds
 
     def send(
         self,
@@ -45,6 +52,29 @@ class OpenAIProvider:
     def get(self, path: str, headers: dict[str, str]) -> UpstreamResponse:
         self._require_key()
         return send_raw(self._client, "GET", path, None, headers, ERRORS)
+
+    def moderate(self, inputs: list[str]) -> list[str]:
+        """The categories OpenAI's moderation endpoint flags in ``inputs`` (sorted; [] if none).
+
+        Raises UpstreamError when the check cannot be made (no key, timeout, error status).
+        """
+        self._require_key()
+        try:
+            result = self._client.moderations.create(
+                model=MODERATION_MODEL, input=inputs, timeout=self._moderation_timeout
+            )
+        except openai.APITimeoutError as exc:
+            raise UpstreamTimeout("the moderation check timed out") from exc
+        except openai.APIError as exc:
+            raise UpstreamUnreachable(
+                f"the moderation check failed ({type(exc).__name__})"
+            ) from exc
+        flagged: set[str] = set()
+        for verdict in result.results:
+            if verdict.flagged:
+                categories = verdict.categories.model_dump(by_alias=True)
+                flagged.update(name for name, is_hit in categories.items() if is_hit)
+        return sorted(flagged)
 
     def close(self) -> None:
         self._client.close()

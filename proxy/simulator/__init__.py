@@ -3,7 +3,8 @@
 An aiohttp server that answers like the providers' HTTP APIs (deterministic text, tool
 calls, structured output, embeddings, moderations, the Responses API, Anthropic
 Messages, usage with prompt caching, rate-limit headers) and can be told to misbehave
-(429/500/503/529, slow, hang, drop, truncate, garbage, wrong content type).
+(429/500/503/529, slow, hang, drop, truncate, garbage, wrong content type,
+invalid JSON in structured output).
 
     make_app(config=None) -> aiohttp.web.Application
     run(host, port, config)          blocking, for `metergate simulator --port P`

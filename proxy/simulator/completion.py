@@ -13,7 +13,7 @@ from typing import Any, Final
 import orjson
 
 from .schema_values import generate_value
-from .text import generate_text, rng_for, split_pieces
+from .text import generate_pieces, generate_text, rng_for, split_pieces
 
 EMPTY_OBJECT_SCHEMA: Final = {"type": "object", "properties": {}}
 
@@ -57,6 +57,7 @@ def compose(
     """The answer for `digest`: a tool call when `tool` is given, else a JSON document
     valid for `schema` (or any JSON object when `is_json_object`), else plain text;
     cut to `max_tokens` tokens when that is smaller (then `is_truncated`)."""
+    text: str | None = None
     if tool is not None:
         tool_schema = tool.schema if isinstance(tool.schema, dict) else EMPTY_OBJECT_SCHEMA
         value = generate_value(tool_schema, rng_for(digest, "tool:" + tool.name))
@@ -65,12 +66,12 @@ def compose(
         text = orjson.dumps(generate_value(schema, rng_for(digest, "schema"))).decode()
     elif is_json_object:
         text = orjson.dumps({"answer": generate_text(digest)}).decode()
-    else:
-        text = generate_text(digest)
-    pieces = split_pieces(text)
+    # Plain text comes already cut into pieces; JSON is cut here.
+    pieces = generate_pieces(digest) if text is None else split_pieces(text)
     is_truncated = max_tokens is not None and len(pieces) > max_tokens
     if is_truncated:
         pieces = pieces[:max_tokens]
+    if text is None or is_truncated:
         text = "".join(pieces)
     return Completion(
         text=text,

@@ -10,7 +10,8 @@ the endpoint's dialect. A client that disconnects mid-answer ends the request qu
 from __future__ import annotations
 
 import asyncio
-import os
+import math
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,16 +32,17 @@ _BAD_JSON: Final = {
     "payload, but what was sent was not valid JSON.)",
     Dialect.ANTHROPIC: "There was an error parsing the body of your request as JSON.",
 }
-_STATUS_MESSAGES: Final = {
-    (
-        Dialect.OPENAI,
-        500,
-    ): "The server had an error while processing your request. Sorry about that!",
-    (Dialect.OPENAI, 503): "The server is overloaded or not ready yet.",
-    (Dialect.OPENAI, 529): "The engine is currently overloaded, please try again later.",
-    (Dialect.ANTHROPIC, 500): "Internal server error",
-    (Dialect.ANTHROPIC, 503): "Service unavailable",
-    (Dialect.ANTHROPIC, 529): "Overloaded",
+_STATUS_MESSAGES: Final[dict[Dialect, dict[int, str]]] = {
+    Dialect.OPENAI: {
+        500: "The server had an error while processing your request. Sorry about that!",
+        503: "The server is overloaded or not ready yet.",
+        529: "The engine is currently overloaded, please try again later.",
+    },
+    Dialect.ANTHROPIC: {
+        500: "Internal server error",
+        503: "Service unavailable",
+        529: "Overloaded",
+    },
 }
 _GARBAGE: Final = {
     Dialect.OPENAI: b'{"id": "chatcmpl-',
@@ -84,8 +86,9 @@ async def serve(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
 
 async def _read_body(
     request: web.Request, dialect: Dialect
-) -> tuple[dict[str, Any], tuple[SimError, str] | None]:
-    """(parsed JSON object or {}, None) or ({}, (error, raw text)) for a malformed body."""
+) -> tuple[dict[str, Any], tuple[SimError, Any] | None]:
+    """(parsed JSON object or {}, None), or for a body that is not a JSON object
+    ({}, (the error to answer, what to record: the raw text or the parsed value))."""
     if not request.body_exists:
         return {}, None
     raw = await request.read()
@@ -108,7 +111,7 @@ async def _answer(
     started: float,
 ) -> web.StreamResponse:
     dialect = endpoint.dialect
-    request_id = "req_" + os.urandom(12).hex()
+    request_id = "req_" + random.randbytes(12).hex()
     headers = request.headers
     try:
         plan = resolve(state.faults, headers, body, endpoint.path, model)
@@ -147,7 +150,7 @@ def _milliseconds(raw: str | None, default: float) -> float:
     if raw is None:
         return default
     value = float(raw)
-    if value < 0 or value != value:
+    if not 0 <= value < math.inf:
         raise ValueError(f"expected a non-negative number of milliseconds, got {raw!r}")
     return value
 
@@ -214,7 +217,7 @@ async def _inject(
 def _status_error(dialect: Dialect, plan: FaultPlan) -> SimError:
     status = int(plan.fault.value)
     if status != 429:
-        return SimError(status, _STATUS_MESSAGES[(dialect, status)])
+        return SimError(status, _STATUS_MESSAGES[dialect][status])
     seconds = plan.retry_after_seconds
     shown = f"{seconds:g}"
     if dialect is Dialect.ANTHROPIC:

@@ -18,6 +18,7 @@ An unknown fault name or a malformed parameter is a `ValueError`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -188,6 +189,6 @@ def _non_negative(value: Any, default: float) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"expected a number, got {value!r}") from None
-    if number < 0 or number != number:
+    if not 0 <= number < math.inf:
         raise ValueError(f"expected a non-negative number, got {value!r}")
     return number

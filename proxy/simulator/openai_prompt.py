@@ -7,7 +7,7 @@ overhead, a chat prompt 3 more for priming the reply; tool definitions count the
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 from typing import Any, Final
 
 from .errors import Dialect, SimError, invalid_request, missing_field
@@ -78,7 +78,7 @@ def optional_positive_int(body: JsonObject, *names: str) -> int | None:
 
 def system_fingerprint(model: str) -> str:
     """A stable `fp_…` per model, like the backend build the real API reports."""
-    return "fp_" + hashlib.blake2b(model.encode(), digest_size=5).hexdigest()
+    return f"fp_{zlib.crc32(model.encode()):08x}{zlib.adler32(model.encode()) & 0xFF:02x}"
 
 
 def chat_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> JsonObject:

@@ -11,7 +11,7 @@ immediately, `background` included, so cancel returns the stored response unchan
 
 from __future__ import annotations
 
-import os
+import random
 import time
 from typing import Any
 
@@ -24,8 +24,12 @@ from .openai_prompt import (
     optional_positive_int,
     require_model,
 )
-from .prompt_cache import MIN_CACHEABLE_TOKENS, OPENAI_CACHE_INCREMENT, PromptUnit
-from .prompt_cache import openai_cached_tokens as cached_prefix_tokens
+from .prompt_cache import (
+    MIN_CACHEABLE_TOKENS,
+    OPENAI_CACHE_INCREMENT,
+    PromptUnit,
+    openai_cached_tokens,
+)
 from .reply import Call, Reply, StreamReply, event_frame, json_reply, new_id
 from .state import JsonObject, StoredResponse
 from .text import count_json_tokens, count_tokens, digest_of
@@ -47,7 +51,7 @@ def create_response(call: Call) -> Reply:
         inherited = previous.context_tokens - previous.context_tokens % OPENAI_CACHE_INCREMENT
         cached = inherited if inherited >= MIN_CACHEABLE_TOKENS else 0
     else:
-        cached = cached_prefix_tokens(state.prefixes, "responses\0" + model, units, input_tokens)
+        cached = openai_cached_tokens(state.prefixes, "responses\0" + model, units, input_tokens)
     previous_digest = previous.digest.hex() if previous is not None else None
     digest = digest_of(model, instructions, items, previous_digest, state.config.seed)
     schema, is_json_object = _text_format(body.get("text"))
@@ -180,7 +184,7 @@ def _text_format(text: Any) -> tuple[Any, bool]:
 
 
 def _hex_id(prefix: str) -> str:
-    return prefix + os.urandom(25).hex()
+    return prefix + random.randbytes(25).hex()
 
 
 def _output_item(completion: Completion, status: str) -> JsonObject:

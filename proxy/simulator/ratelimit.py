@@ -17,18 +17,25 @@ WINDOW_SECONDS = 60.0
 
 @dataclass(slots=True)
 class RateWindow:
-    """Requests and tokens consumed in the current one-minute window."""
+    """Requests and tokens consumed in the current one-minute window.
 
-    started_at: float = 0.0
+    `reset_at` is the window's end as an RFC 3339 UTC timestamp (Anthropic's format).
+    """
+
+    started_at: float = -WINDOW_SECONDS
     requests: int = 0
     tokens: int = 0
+    reset_at: str = ""
 
     def consume(self, tokens: int, now: float) -> float:
-        """Count one request of `tokens`; returns the seconds until the window resets."""
+        """Count one request of `tokens` at monotonic time `now`; returns the seconds
+        until the window resets."""
         if now - self.started_at >= WINDOW_SECONDS:
             self.started_at = now
             self.requests = 0
             self.tokens = 0
+            end = datetime.fromtimestamp(time.time() + WINDOW_SECONDS, UTC)
+            self.reset_at = end.strftime("%Y-%m-%dT%H:%M:%SZ")
         self.requests += 1
         self.tokens += tokens
         return max(WINDOW_SECONDS - (now - self.started_at), 0.001)
@@ -53,8 +60,8 @@ def anthropic_headers(
     window: RateWindow, request_limit: int, token_limit: int, tokens: int
 ) -> dict[str, str]:
     """`anthropic-ratelimit-*` headers after counting a request of `tokens` tokens."""
-    seconds = window.consume(tokens, time.monotonic())
-    reset = datetime.fromtimestamp(time.time() + seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    window.consume(tokens, time.monotonic())
+    reset = window.reset_at
     return {
         "anthropic-ratelimit-requests-limit": str(request_limit),
         "anthropic-ratelimit-requests-remaining": str(max(request_limit - window.requests, 0)),

@@ -35,7 +35,7 @@ VOCABULARY: Final[tuple[str, ...]] = tuple(
     meter quota budget limit price cost cache proxy stream record key account team
     project service server client network latency signal value result window batch
     simple quick careful steady bright quiet early late large small green blue red
-    golden silver gentle clear simple honest modern ancient local global rapid
+    golden silver gentle clear honest modern ancient local global rapid
     river mountain forest ocean garden city village bridge road harbor island valley
     morning evening winter summer autumn spring weather cloud rain wind light shadow
     make take give find tell ask seem feel try leave call keep start show hear play
@@ -45,11 +45,12 @@ VOCABULARY: Final[tuple[str, ...]] = tuple(
     send expect build stay fall reach remain suggest raise pass report decide pull
     carefully quickly often never always together already perhaps indeed usually
     north south east west first second third final next last other same different
+    lantern meadow orchard canyon desert glacier lagoon prairie summit tunnel
+    engine ledger invoice receipt channel archive journal letter harvest beacon
+    compass anchor pillar copper marble velvet thunder ember
     """.split()
 )
-
 STRING_WORDS: Final = VOCABULARY[100:]
-_COMMA_BEFORE: Final = frozenset(("and", "but", "so", "which", "when", "perhaps", "indeed"))
 
 
 def count_tokens(text: str) -> int:
@@ -83,35 +84,64 @@ def rng_for(digest: bytes, purpose: str) -> random.Random:
 
 def generate_text(digest: bytes) -> str:
     """Plain English-looking sentences of 8..60 tokens, fully determined by `digest`."""
-    rng = rng_for(digest, "text")
-    target = rng.randint(MIN_TEXT_TOKENS, MAX_TEXT_TOKENS)
-    words = rng.choices(VOCABULARY, k=target)
-    parts: list[str] = []
-    count = 0
-    sentence_length = 0
-    sentence_target = rng.randint(5, 12)
-    index = 0
-    # Reserve one token for the closing full stop.
-    while count < target - 1:
-        word = words[index]
-        index += 1
-        if sentence_length == 0:
-            parts.append((" " if parts else "") + word.capitalize())
+    return "".join(generate_pieces(digest))
+
+
+def generate_pieces(digest: bytes) -> list[str]:
+    """`generate_text(digest)` already cut into its one-token pieces.
+
+    The bytes of a hash of the digest pick whole sentences from a fixed table built at
+    import; the last sentence is cut from a run of words so that the total is exactly
+    the 8..60 tokens the first byte asked for. A handful of list extensions per call
+    keeps this cheap enough to run on every request.
+    """
+    stream = hashlib.blake2b(digest, digest_size=32, person=b"sim-text").digest()
+    remaining = MIN_TEXT_TOKENS + stream[0] % (MAX_TEXT_TOKENS - MIN_TEXT_TOKENS + 1)
+    pieces: list[str] = []
+    # Every sentence has >= 6 tokens, so at most 11 bytes are needed for 60 tokens.
+    for byte in stream[1:]:
+        sentence = _SENTENCES[byte]
+        if len(sentence) == remaining or len(sentence) <= remaining - 2:
+            pieces.extend(sentence)
+            remaining -= len(sentence)
+            if remaining == 0:
+                break
         else:
-            parts.append(" " + word)
-        count += 1
-        sentence_length += 1
-        remaining = target - 1 - count
-        if sentence_length >= sentence_target and remaining >= 3:
-            parts.append(".")
-            count += 1
-            sentence_length = 0
-            sentence_target = rng.randint(5, 12)
-        elif sentence_length >= 3 and remaining >= 3 and words[index] in _COMMA_BEFORE:
-            parts.append(",")
-            count += 1
-    parts.append(".")
-    return "".join(parts)
+            pieces.extend(_WORD_RUNS[byte % len(_WORD_RUNS)][: remaining - 1])
+            pieces.append(".")
+            break
+    pieces[0] = pieces[0].lstrip()
+    return pieces
+
+
+def _build_sentences(rng: random.Random) -> tuple[tuple[str, ...], ...]:
+    """256 sentences of 5..12 words as one-token pieces (leading spaces included)."""
+    sentences: list[tuple[str, ...]] = []
+    for _ in range(256):
+        words = rng.choices(VOCABULARY, k=rng.randint(5, 12))
+        pieces = [" " + words[0].capitalize()]
+        for index, word in enumerate(words[1:], start=1):
+            if 3 <= index < len(words) - 1 and rng.random() < 0.12:
+                pieces.append(",")
+            pieces.append(" " + word)
+        pieces.append(".")
+        sentences.append(tuple(pieces))
+    return tuple(sentences)
+
+
+def _build_word_runs(rng: random.Random) -> tuple[tuple[str, ...], ...]:
+    """64 capitalised runs of words without punctuation, for cutting a last sentence."""
+    return tuple(
+        tuple(
+            " " + (word.capitalize() if index == 0 else word)
+            for index, word in enumerate(rng.choices(VOCABULARY, k=MAX_TEXT_TOKENS))
+        )
+        for _ in range(64)
+    )
+
+
+_SENTENCES: Final = _build_sentences(random.Random("metergate-simulator-sentences"))
+_WORD_RUNS: Final = _build_word_runs(random.Random("metergate-simulator-word-runs"))
 
 
 def generate_words(rng: random.Random, count: int) -> str:

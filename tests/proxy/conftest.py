@@ -1,8 +1,14 @@
-"""Fixtures for end-to-end proxy tests: SDK clients on the proxy, the simulator's controls."""
+"""Fixtures for end-to-end proxy tests: SDK clients on the proxy, the simulator's controls.
+
+Every client shares one TLS context: building one per client (certifi's bundle) costs
+~0.2 s, which over a few hundred tests is most of the suite's time. The traffic is plain
+HTTP to 127.0.0.1 either way; the SDKs are otherwise used as they come.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import ssl
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
@@ -16,13 +22,16 @@ from proxy.simulator import SimulatorThread
 from shared.models import User
 from tests.support import Accounts, ProxyServer
 
+OpenAIFactory = Callable[..., openai.OpenAI]
+AnthropicFactory = Callable[..., anthropic.Anthropic]
+
 
 class SimControl:
     """The simulator's ``/_sim`` endpoints, and plain HTTP straight to the simulator."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, tls: ssl.SSLContext) -> None:
         self.base_url = base_url
-        self.http = httpx2.Client(base_url=base_url, timeout=10)
+        self.http = httpx2.Client(base_url=base_url, timeout=10, verify=tls)
 
     def close(self) -> None:
         self.http.close()
@@ -45,10 +54,15 @@ class SimControl:
         return requests[-1]
 
 
+@pytest.fixture(scope="session")
+def tls() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
 @pytest.fixture()
-def sim(simulator: SimulatorThread) -> Iterator[SimControl]:
+def sim(simulator: SimulatorThread, tls: ssl.SSLContext) -> Iterator[SimControl]:
     """The session simulator, reset (request log, faults, prompt cache) for this test."""
-    control = SimControl(simulator.base_url)
+    control = SimControl(simulator.base_url, tls)
     control.reset()
     try:
         yield control
@@ -58,23 +72,83 @@ def sim(simulator: SimulatorThread) -> Iterator[SimControl]:
 
 
 @pytest.fixture()
-def oai(proxy: ProxyServer, acct: Accounts) -> Iterator[openai.OpenAI]:
-    """The real openai SDK pointed at the proxy with a fresh gateway key."""
-    with openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=acct.key, max_retries=0) as client:
+def new_openai(proxy: ProxyServer, tls: ssl.SSLContext) -> OpenAIFactory:
+    """``new_openai(key, **options)``: the real openai SDK on the proxy (use it in ``with``)."""
+
+    def build(key: str | None, **options: Any) -> openai.OpenAI:
+        options.setdefault("base_url", proxy.base_url + "/v1")
+        return openai.OpenAI(
+            api_key=key,
+            max_retries=0,
+            http_client=openai.DefaultHttpxClient(verify=tls),
+            **options,
+        )
+
+    return build
+
+
+@pytest.fixture()
+def new_async_openai(proxy: ProxyServer, tls: ssl.SSLContext) -> Callable[..., openai.AsyncOpenAI]:
+    def build(key: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=proxy.base_url + "/v1",
+            api_key=key,
+            max_retries=0,
+            http_client=openai.DefaultAsyncHttpxClient(verify=tls),
+        )
+
+    return build
+
+
+@pytest.fixture()
+def new_anthropic(proxy: ProxyServer, tls: ssl.SSLContext) -> AnthropicFactory:
+    """``new_anthropic(key, **options)``: the real anthropic SDK on the proxy."""
+
+    def build(key: str | None, **options: Any) -> anthropic.Anthropic:
+        options.setdefault("base_url", proxy.base_url)
+        return anthropic.Anthropic(
+            api_key=key,
+            max_retries=0,
+            http_client=anthropic.DefaultHttpxClient(verify=tls),
+            **options,
+        )
+
+    return build
+
+
+@pytest.fixture()
+def new_async_anthropic(
+    proxy: ProxyServer, tls: ssl.SSLContext
+) -> Callable[..., anthropic.AsyncAnthropic]:
+    def build(key: str) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            base_url=proxy.base_url,
+            api_key=key,
+            max_retries=0,
+            http_client=anthropic.DefaultAsyncHttpxClient(verify=tls),
+        )
+
+    return build
+
+
+@pytest.fixture()
+def oai(new_openai: OpenAIFactory, acct: Accounts) -> Iterator[openai.OpenAI]:
+    """The openai SDK on the proxy with a fresh gateway key."""
+    with new_openai(acct.key) as client:
         yield client
 
 
 @pytest.fixture()
-def claude(proxy: ProxyServer, acct: Accounts) -> Iterator[anthropic.Anthropic]:
-    """The real anthropic SDK pointed at the proxy with a fresh gateway key."""
-    with anthropic.Anthropic(base_url=proxy.base_url, api_key=acct.key, max_retries=0) as client:
+def claude(new_anthropic: AnthropicFactory, acct: Accounts) -> Iterator[anthropic.Anthropic]:
+    """The anthropic SDK on the proxy with a fresh gateway key."""
+    with new_anthropic(acct.key) as client:
         yield client
 
 
 @pytest.fixture()
-def http(proxy: ProxyServer) -> Iterator[httpx2.Client]:
+def http(proxy: ProxyServer, tls: ssl.SSLContext) -> Iterator[httpx2.Client]:
     """Plain HTTP to the proxy, for what an SDK cannot send (broken bodies, odd routes)."""
-    with httpx2.Client(base_url=proxy.base_url, timeout=30) as client:
+    with httpx2.Client(base_url=proxy.base_url, timeout=30, verify=tls) as client:
         yield client
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,8 @@ from shared.catalogue import SEED_MODELS, ModelEntry
 from shared.pricing import COST_QUANTUM, format_usd
 
 if TYPE_CHECKING:
-    from tests.proxy.conftest import SimControl
+    from tests.proxy.conftest import OpenAIFactory, SimControl
+from tests.proxy.recorded import only_record
 from tests.support import PROVIDER_OPENAI_KEY, Accounts, ProxyServer, seed_accounts
 
 MODEL = "gpt-4o-mini"
@@ -66,7 +68,7 @@ def test_sync_completion_is_answered_and_recorded_with_identity_tokens_and_exact
     assert completion.choices[0].message.content
     assert completion.usage is not None
 
-    record, body = proxy.record(raw.headers["x-request-id"])
+    record, body = only_record(proxy, raw.headers["x-request-id"])
     assert proxy.record_count() == before + 1
     cost = expected_cost(
         CATALOGUE[MODEL], completion.usage.prompt_tokens, completion.usage.completion_tokens
@@ -100,18 +102,16 @@ def test_end_user_falls_back_to_the_end_user_header(proxy: ProxyServer, oai: ope
         messages=[{"role": "user", "content": "hello"}],
         extra_headers={"x-metergate-end-user": "header-user"},
     )
-    record, _ = proxy.record(raw.headers["x-request-id"])
+    record, _ = only_record(proxy, raw.headers["x-request-id"])
     assert record.end_user == "header-user"
     assert record.session_id is None
 
 
 def test_async_client_calls_concurrently_each_get_one_record(
-    proxy: ProxyServer, acct: Accounts
+    proxy: ProxyServer, acct: Accounts, new_async_openai: Callable[..., openai.AsyncOpenAI]
 ) -> None:
     async def call_three() -> list[Any]:
-        async with openai.AsyncOpenAI(
-            base_url=proxy.base_url + "/v1", api_key=acct.key, max_retries=0
-        ) as client:
+        async with new_async_openai(acct.key) as client:
             return list(
                 await asyncio.gather(
                     *(
@@ -128,7 +128,7 @@ def test_async_client_calls_concurrently_each_get_one_record(
     assert proxy.record_count() == before + 3
     for raw in answers:
         completion = raw.parse()
-        record, _ = proxy.record(raw.headers["x-request-id"])
+        record, _ = only_record(proxy, raw.headers["x-request-id"])
         assert record.status == 200
         assert record.completion_tokens == completion.usage.completion_tokens
         assert record.key_id == acct.key_id
@@ -156,7 +156,7 @@ def test_stream_without_include_usage_hides_usage_from_client_but_prices_the_rec
     assert all(chunk.choices for chunk in chunks), "the usage-only chunk reached the client"
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
 
-    record, body = proxy.record(request_id)
+    record, body = only_record(proxy, request_id)
     assert proxy.record_count() == before + 1
     assert record.is_stream is True and record.status == 200
     assert record.prompt_tokens > 0 and record.completion_tokens > 0
@@ -188,7 +188,7 @@ def test_stream_with_include_usage_delivers_the_usage_chunk_matching_the_record(
     usage = usage_chunks[0].usage
     assert usage is not None
 
-    record, _ = proxy.record(stream.headers["x-request-id"])
+    record, _ = only_record(proxy, stream.headers["x-request-id"])
     assert (record.prompt_tokens, record.completion_tokens) == (
         usage.prompt_tokens,
         usage.completion_tokens,
@@ -213,7 +213,7 @@ def test_tool_call_answer_reaches_the_client_and_the_record(
     call = choice.message.tool_calls[0]
     assert call.function.name == "get_weather"  # type: ignore[union-attr]
     assert "city" in json.loads(call.function.arguments)  # type: ignore[union-attr]
-    _, body = proxy.record(raw.headers["x-request-id"])
+    _, body = only_record(proxy, raw.headers["x-request-id"])
     assert body is not None and body.response_body
     recorded_call = json.loads(body.response_body)["choices"][0]["message"]["tool_calls"][0]
     assert recorded_call["id"] == call.id
@@ -238,7 +238,7 @@ def test_streamed_tool_call_is_assembled_into_the_record(
     )
     assert json.loads(arguments)["city"]
 
-    record, body = proxy.record(stream.headers["x-request-id"])
+    record, body = only_record(proxy, stream.headers["x-request-id"])
     assert record.completion_tokens > 0
     assert body is not None and body.response_body
     choice = json.loads(body.response_body)["choices"][0]
@@ -288,30 +288,29 @@ def test_client_key_never_reaches_upstream(
     ],
 )
 def test_answer_bytes_equal_the_simulators_apart_from_ids(
-    proxy: ProxyServer, acct: Accounts, sim: SimControl, extra: dict[str, Any]
+    http: httpx2.Client, acct: Accounts, sim: SimControl, extra: dict[str, Any]
 ) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Same question."}], **extra}
     direct = sim.http.post("/v1/chat/completions", json=body)
-    with httpx2.Client(base_url=proxy.base_url, timeout=30) as client:
-        proxied = client.post(
-            "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {acct.key}"}
-        )
+    proxied = http.post(
+        "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {acct.key}"}
+    )
     assert proxied.status_code == direct.status_code == 200
     assert proxied.headers["content-type"] == direct.headers["content-type"]
     assert normalised(proxied.content) == normalised(direct.content)
 
 
-def test_models_list_shows_only_the_models_the_key_may_use(proxy: ProxyServer) -> None:
+def test_models_list_shows_only_the_models_the_key_may_use(
+    proxy: ProxyServer, new_openai: OpenAIFactory
+) -> None:
     allowed = ["gpt-4o-mini", "claude-haiku-4-5"]
     limited = seed_accounts(proxy.state.engine, key_models=allowed)
-    with openai.OpenAI(
-        base_url=proxy.base_url + "/v1", api_key=limited.key, max_retries=0
-    ) as client:
+    with new_openai(limited.key) as client:
         raw = client.models.with_raw_response.list()
     models = raw.parse()
     assert sorted(model.id for model in models.data) == sorted(allowed)
     assert all(model.object == "model" for model in models.data)
-    record, _ = proxy.record(raw.headers["x-request-id"])
+    record, _ = only_record(proxy, raw.headers["x-request-id"])
     assert (record.status, record.endpoint, record.key_id) == (200, "models", limited.key_id)
 
 
@@ -338,7 +337,7 @@ def test_repeated_long_prompt_is_priced_with_openais_cached_input_rate(
     cached = second.usage.prompt_tokens_details.cached_tokens or 0
     assert cached >= 1024
 
-    record, _ = proxy.record(raw.headers["x-request-id"])
+    record, _ = only_record(proxy, raw.headers["x-request-id"])
     assert record.cache_read_tokens == cached
     assert record.cache_write_tokens == 0
     assert record.prompt_tokens == second.usage.prompt_tokens

@@ -79,13 +79,25 @@ def control(sim: SimulatorThread) -> Control:
     return ctl
 
 
-@pytest.fixture
-def oai(sim: SimulatorThread, control: Control) -> Iterator[openai.OpenAI]:
+@pytest.fixture(scope="session")
+def _openai_client(sim: SimulatorThread) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=sim.base_url + "/v1", api_key="sk-test", max_retries=0) as client:
         yield client
 
 
-@pytest.fixture
-def claude(sim: SimulatorThread, control: Control) -> Iterator[anthropic.Anthropic]:
+@pytest.fixture(scope="session")
+def _anthropic_client(sim: SimulatorThread) -> Iterator[anthropic.Anthropic]:
     with anthropic.Anthropic(base_url=sim.base_url, api_key="sk-ant-test", max_retries=0) as client:
         yield client
+
+
+@pytest.fixture
+def oai(_openai_client: openai.OpenAI, control: Control) -> openai.OpenAI:
+    """The openai SDK client, on a freshly reset simulator."""
+    return _openai_client
+
+
+@pytest.fixture
+def claude(_anthropic_client: anthropic.Anthropic, control: Control) -> anthropic.Anthropic:
+    """The anthropic SDK client, on a freshly reset simulator."""
+    return _anthropic_client

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from proxy.simulator import SimulatorThread
+from proxy.simulator.text import count_tokens
 
 from .conftest import ANTHROPIC_MODEL, Control
 
@@ -185,3 +186,14 @@ def test_latency_and_token_delay_slow_the_answer(oai: openai.OpenAI, control: Co
     with _chat(oai, stream=True) as stream:
         chunks = list(stream)
     assert time.monotonic() - started >= 0.01 * (len(chunks) - 1)
+
+
+def test_invalid_json_output_breaks_only_structured_answers(oai: openai.OpenAI) -> None:
+    fault = {"x-sim-fault": "invalid_json_output"}
+    broken = _chat(oai, response_format={"type": "json_object"}, extra_headers=fault)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(broken.choices[0].message.content or "")
+    assert broken.usage is not None
+    assert broken.usage.completion_tokens == count_tokens(broken.choices[0].message.content or "")
+    plain = _chat(oai, extra_headers=fault)
+    assert plain.choices[0].message.content == _chat(oai).choices[0].message.content

@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema
 import openai
 import pytest
+from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCallFunction
 
 from proxy.simulator.text import count_tokens
 
@@ -39,6 +40,9 @@ WEATHER_TOOL: Any = {
         },
     },
 }
+
+
+_NO_FUNCTION = ChoiceDeltaToolCallFunction()
 
 
 def _collect(stream: Any) -> tuple[str, list[Any]]:
@@ -168,13 +172,14 @@ def test_streamed_tool_call_rebuilds_the_same_arguments(oai: openai.OpenAI) -> N
     assert first is not None and first[0].function is not None
     assert first[0].id is not None and first[0].function.name == "get_weather"
     fragments = [
-        c.choices[0].delta.tool_calls[0].function.arguments
+        (c.choices[0].delta.tool_calls[0].function or _NO_FUNCTION).arguments or ""
         for c in chunks[1:]
         if c.choices[0].delta.tool_calls
     ]
     assert len(fragments) > 1
-    assert plain.choices[0].message.tool_calls is not None
-    assert "".join(fragments) == plain.choices[0].message.tool_calls[0].function.arguments
+    (call,) = plain.choices[0].message.tool_calls or []
+    assert call.type == "function"
+    assert "".join(fragments) == call.function.arguments
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
@@ -208,8 +213,8 @@ def test_named_tool_choice_calls_that_tool(oai: openai.OpenAI) -> None:
         tools=[other, WEATHER_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
-    calls = completion.choices[0].message.tool_calls
-    assert calls is not None and calls[0].function.name == "get_weather"
+    (call,) = completion.choices[0].message.tool_calls or []
+    assert call.type == "function" and call.function.name == "get_weather"
 
 
 def test_json_schema_response_format_gives_a_valid_document(oai: openai.OpenAI) -> None:

@@ -1,0 +1,252 @@
+"""Stage: the response cache. Exact match, per tenant, single flight.
+
+A call's key is the SHA-256 of canonical JSON holding the tenant, the endpoint,
+the upstream model, the ``anthropic-beta`` header and the whole request body minus
+the fields that do not change the answer (``IGNORED_FIELDS``: ``stream`` and
+``stream_options`` among them, so a streamed and a whole-answer request share
+an entry). The tenant is part of every key: no entry is ever served to another
+tenant.
+
+Policy, per call:
+
+- the TTL is the tier's ``cache_ttl_seconds`` (None or 0: the cache is off for
+  that tier); ``x-metergate-cache-ttl: SECONDS`` overrides it, capped at
+  ``METERGATE_CACHE_MAX_TTL_SECONDS`` (0: look up, but store nothing);
+- ``Cache-Control: no-cache`` skips the lookup but stores the fresh answer;
+  ``no-store`` skips both.
+
+Single flight: on a miss the first caller claims the key and asks upstream; the
+others wait (at most ``METERGATE_CACHE_LOCK_WAIT_SECONDS``) for its answer and fall
+through to their own upstream call if it fails. The cache never fails a call: a
+store that cannot be reached is a miss, logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+import orjson
+from redis import Redis
+
+from proxy.cache_store import CacheStore, CacheUnavailable, MemoryCacheStore, RedisCacheStore
+from proxy.endpoints.base import JsonObject
+from proxy.errors import InvalidRequest
+from shared.pricing import Usage
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TTL_HEADER = "x-metergate-cache-ttl"
+KEY_VERSION = 1
+# Request fields that never change the answer. ``metadata.user_id`` is dropped too.
+IGNORED_FIELDS = frozenset(
+    {"stream", "stream_options", "user", "safety_identifier", "prompt_cache_key"}
+)
+# Endpoints whose answers may be cached: each needs a stream replayer in ``proxy.replay``.
+CACHEABLE_ENDPOINTS = frozenset({"chat.completions", "messages"})
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """A stored answer: the whole body as a non-streamed call returns it, its usage and cost."""
+
+    body: JsonObject
+    usage: Usage
+    cost_usd: Decimal
+    model: str
+
+    def to_bytes(self) -> bytes:
+        usage = self.usage
+        return orjson.dumps(
+            {
+                "body": self.body,
+                "usage": [
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    usage.cache_read_tokens,
+                    usage.cache_write_tokens,
+                ],
+                "cost_usd": str(self.cost_usd),
+                "model": self.model,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CacheEntry | None:
+        """The entry, or None when ``raw`` is not one (an old format, a corrupted value)."""
+        try:
+            data = orjson.loads(raw)
+            prompt, completion, read, write = (int(n) for n in data["usage"])
+            return cls(
+                body=dict(data["body"]),
+                usage=Usage(prompt, completion, read, write),
+                cost_usd=Decimal(data["cost_usd"]),
+                model=str(data["model"]),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, InvalidOperation):
+            return None
+
+
+@dataclass(slots=True)
+class CacheTicket:
+    """One call's dealings with the cache: its key, the TTL to store with, its claim."""
+
+    key: str
+    ttl_seconds: int  # 0: store nothing
+    is_lookup: bool
+    claim_token: str | None = None
+    is_settled: bool = False
+
+
+def cache_key(
+    tenant_id: int, endpoint: str, upstream_model: str, body: JsonObject, beta: str | None
+) -> str:
+    """The hex SHA-256 naming the answer to ``body`` for this tenant and endpoint."""
+    fields = {name: value for name, value in body.items() if name not in IGNORED_FIELDS}
+    metadata = fields.get("metadata")
+    if isinstance(metadata, dict) and "user_id" in metadata:
+        rest = {name: value for name, value in metadata.items() if name != "user_id"}
+        if rest:
+            fields["metadata"] = rest
+        else:
+            del fields["metadata"]
+    material = {
+        "v": KEY_VERSION,
+        "tenant": tenant_id,
+        "endpoint": endpoint,
+        "upstream_model": upstream_model,
+        "anthropic_beta": beta,
+        "body": fields,
+    }
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def cache_directives(headers: dict[str, str]) -> frozenset[str]:
+    """The ``Cache-Control`` directives of a request, lower-cased."""
+    value = headers.get("cache-control", "")
+    return frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+
+
+def requested_ttl(headers: dict[str, str], tier_ttl: int, max_ttl: int) -> int:
+    """The TTL for this call: the header's (capped at ``max_ttl``), else the tier's.
+
+    Raises InvalidRequest when the header is not a whole number of seconds.
+    """
+    raw = headers.get(TTL_HEADER)
+    if raw is None:
+        return min(tier_ttl, max_ttl)
+    try:
+        seconds = int(raw.strip())
+    except ValueError:
+        seconds = -1
+    if seconds < 0:
+        raise InvalidRequest(
+            f"{TTL_HEADER} must be a whole number of seconds (got {raw[:40]!r}).",
+            code="invalid_cache_ttl",
+            param=TTL_HEADER,
+        )
+    return min(seconds, max_ttl)
+
+
+class ResponseCache:
+    """The cache stage: plan a call's ticket, look it up, then settle it once."""
+
+    def __init__(
+        self, store: CacheStore, *, max_ttl_seconds: int, lock_wait_seconds: float
+    ) -> None:
+        self._store = store
+        self._max_ttl = max_ttl_seconds
+        self._lock_wait = lock_wait_seconds
+
+    def plan(
+        self,
+        *,
+        tenant_id: int,
+        tier_ttl_seconds: int | None,
+        endpoint: str,
+        upstream_model: str,
+        body: JsonObject,
+        headers: dict[str, str],
+    ) -> CacheTicket | None:
+        """The call's ticket, or None when the cache plays no part in it."""
+        if not tier_ttl_seconds or endpoint not in CACHEABLE_ENDPOINTS:
+            return None
+        directives = cache_directives(headers)
+        if "no-store" in directives:
+            return None
+        ttl = requested_ttl(headers, tier_ttl_seconds, self._max_ttl)
+        key = cache_key(tenant_id, endpoint, upstream_model, body, headers.get("anthropic-beta"))
+        return CacheTicket(key=key, ttl_seconds=ttl, is_lookup="no-cache" not in directives)
+
+    def lookup(self, ticket: CacheTicket) -> CacheEntry | None:
+        """The stored answer, or None: then this call asks upstream and settles the ticket.
+
+        On a miss the call claims the key, or waits (bounded) for the call that did.
+        """
+        if not ticket.is_lookup:
+            return None
+        try:
+            entry = self._read(ticket.key)
+            if entry is not None or ticket.ttl_seconds <= 0:
+                return entry
+            token = self._store.claim(ticket.key, self._lock_wait)
+            if token is None:
+                raw = self._store.wait(ticket.key, self._lock_wait)
+                return CacheEntry.from_bytes(raw) if raw is not None else None
+            ticket.claim_token = token
+            # The leader before us may have stored and released between our get and claim.
+            entry = self._read(ticket.key)
+            if entry is not None:
+                self.settle(ticket, None)
+            return entry
+        except CacheUnavailable as exc:
+            log.warning("event=cache_unavailable op=lookup error=%s", exc)
+            return None
+
+    def settle(self, ticket: CacheTicket, entry: CacheEntry | None) -> None:
+        """Store ``entry`` (a complete, successful answer) if the ticket allows, and end
+        the call's claim so waiters go on. Once per ticket; never raises."""
+        if ticket.is_settled:
+            return
+        ticket.is_settled = True
+        try:
+            if entry is not None and ticket.ttl_seconds > 0:
+                self._store.put(ticket.key, entry.to_bytes(), ticket.ttl_seconds)
+        except CacheUnavailable as exc:
+            log.warning("event=cache_unavailable op=store error=%s", exc)
+        finally:
+            token, ticket.claim_token = ticket.claim_token, None
+            if token is not None:
+                self._release(ticket.key, token)
+
+    def _read(self, key: str) -> CacheEntry | None:
+        raw = self._store.get(key)
+        if raw is None:
+            return None
+        entry = CacheEntry.from_bytes(raw)
+        if entry is None:
+            log.warning("event=cache_entry_unreadable key=%s", key[:16])
+        return entry
+
+    def _release(self, key: str, token: str) -> None:
+        try:
+            self._store.release(key, token)
+        except CacheUnavailable as exc:  # the claim expires by itself
+            log.warning("event=cache_unavailable op=release error=%s", exc)
+
+
+def build_response_cache(settings: Settings, redis: Redis | None) -> ResponseCache:
+    """The cache on Redis when the app has one, else in process (embedded mode)."""
+    store: CacheStore = (
+        RedisCacheStore(redis)
+        if redis is not None
+        else MemoryCacheStore(settings.cache_memory_max_bytes)
+    )
+    return ResponseCache(
+        store,
+        max_ttl_seconds=settings.cache_max_ttl_seconds,
+        lock_wait_seconds=settings.cache_lock_wait_seconds,
+    )

@@ -1,0 +1,340 @@
+"""Stage: requests and tokens per minute per end user, key and user; per IP before a key.
+
+flask-limiter's storage does the counting: Redis when ``METERGATE_REDIS_URL`` is set
+(each hit is one atomic Lua script, so a limit is exact across every process sharing
+the Redis), in-process otherwise. Two strategies on that one storage:
+
+    requests  moving window: a log of hit times, exact (never more than N in any 60 s)
+    tokens    sliding-window counter: two counters weighted by time, so a hit of any
+              size is one INCRBY, and can be given back with a negative hit
+
+Token limits charge the prompt estimate plus the completion allowance up front
+(``proxy.charge``), and are corrected once the call's usage is known: the unused part
+is given back as a negative hit on the same windows (freeing headroom at once); a call
+that used more than it was charged is charged the difference, up to what the window
+has left (past the limit it only lengthens the wait, which the next call pays anyway).
+
+Scopes are checked narrowest first (end user, key, user), so an end user refused by
+its own limit takes nothing from the key's or the user's. A refused token hit gives
+back the token hits made before it; request hits are not given back (a refused call
+still counts as a request, as with the providers).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from flask import Flask
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.storage import SlidingWindowCounterSupport
+from limits.strategies import RateLimiter, SlidingWindowCounterRateLimiter
+from redis import Redis, RedisError
+
+from proxy.config_cache import Principal
+from proxy.errors import GatewayError, RateLimited
+from shared.settings import Settings
+
+WINDOW_SECONDS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A limit's state after this call: what the x-ratelimit-* headers say."""
+
+    limit: int
+    remaining: int
+    reset_seconds: float
+
+
+@dataclass(slots=True)
+class RateGrant:
+    """What a call was charged, so the token charge can be corrected afterwards."""
+
+    charged_tokens: int
+    token_hits: list[tuple[RateLimitItem, tuple[str, ...]]] = field(default_factory=list)
+    requests: Window | None = None
+    tokens: Window | None = None
+    is_corrected: bool = False
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI-style headers for the most restrictive limit of each kind that applies."""
+        headers: dict[str, str] = {}
+        for kind, window in (("requests", self.requests), ("tokens", self.tokens)):
+            if window is not None:
+                headers.update(window_headers(kind, window))
+        return headers
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    ids: tuple[str, ...]
+    label: str
+    rpm: int | None
+    tpm: int | None
+
+
+def window_headers(kind: str, window: Window) -> dict[str, str]:
+    return {
+        f"x-ratelimit-limit-{kind}": str(window.limit),
+        f"x-ratelimit-remaining-{kind}": str(max(0, min(window.limit, window.remaining))),
+        f"x-ratelimit-reset-{kind}": format_duration(window.reset_seconds),
+    }
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as OpenAI writes it (Go style): "20ms", "1s", "1.5s", "6m0s", "1h0m0s"."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    millis = math.ceil(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs = f"{millis / 1000:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def seconds_until_fits(
+    limit: int, cost: int, window: tuple[int, float, int, float], expiry: float = WINDOW_SECONDS
+) -> float:
+    """When a sliding-window counter will take ``cost`` more (inf if never: cost > limit).
+
+    ``window`` is the storage's (previous count, previous TTL, current count, current
+    TTL). The weighted count is ``previous * previous_ttl / expiry + current``; the
+    previous window decays linearly until the current one becomes the previous (when
+    its TTL drops to ``expiry``), then that one decays in turn.
+    """
+    previous, previous_ttl, current, current_ttl = window
+    if cost > limit:
+        return math.inf
+    shift_in = current_ttl - expiry if current_ttl > 0 else math.inf
+    room = limit - current - cost
+    if room >= 0:
+        if previous <= 0:
+            return 0.0
+        wait = max(0.0, previous_ttl - room * expiry / previous)
+        if wait <= shift_in:
+            return wait
+    if math.isinf(shift_in):
+        return expiry
+    # After the shift the current count decays over the next window.
+    wait_after = 0.0 if current <= 0 else max(0.0, expiry - (limit - cost) * expiry / current)
+    return max(0.0, shift_in) + wait_after
+
+
+def retry_after(seconds: float) -> str:
+    """Whole seconds, strictly after ``seconds`` (a window frees a hit just past its end)."""
+    return str(max(1, math.floor(seconds) + 1))
+
+
+def _stricter(old: Window | None, new: Window) -> Window:
+    if old is None or (new.remaining, new.limit) < (old.remaining, old.limit):
+        return new
+    return old
+
+
+class RateLimits:
+    """The rate-limit stage on a flask-limiter ``Limiter`` (its storage and strategy)."""
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        *,
+        unauthenticated_rpm: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._requests: RateLimiter = limiter.limiter  # the moving window
+        self._tokens = SlidingWindowCounterRateLimiter(limiter.storage)
+        self._unauthenticated_rpm = unauthenticated_rpm
+        self._clock = clock
+
+    def check(self, principal: Principal, end_user: str | None, tokens: int) -> RateGrant:
+        """Count one request and charge ``tokens``; RateLimited (429) past any limit."""
+        try:
+            return self._check(principal, end_user, tokens)
+        except RedisError as exc:
+            raise _store_down() from exc
+
+    def correct(self, grant: RateGrant, actual_tokens: int) -> None:
+        """Bring the token charge to what the call really used (once). Never raises."""
+        if grant.is_corrected:
+            return
+        grant.is_corrected = True
+        difference = actual_tokens - grant.charged_tokens
+        if difference == 0:
+            return
+        try:
+            for item, ids in grant.token_hits:
+                if difference < 0:
+                    self._tokens.hit(item, *ids, cost=difference)
+                elif not self._tokens.hit(item, *ids, cost=difference):
+                    left = self._tokens.get_window_stats(item, *ids).remaining
+                    if left > 0:
+                        self._tokens.hit(item, *ids, cost=min(left, difference))
+        except RedisError:  # the window forgets by itself within a minute
+            return
+
+    def check_unauthenticated(self, client_ip: str | None) -> None:
+        """Count a call whose key failed; RateLimited past the per-IP limit."""
+        item = RateLimitItemPerMinute(self._unauthenticated_rpm)
+        ids = ("unauthenticated", client_ip or "unknown")
+        try:
+            if self._requests.hit(item, *ids):
+                return
+            window = self._request_window(item, ids)
+        except RedisError as exc:
+            raise _store_down() from exc
+        raise RateLimited(
+            f"Too many requests with a missing or invalid API key from {client_ip}: "
+            f"the limit is {item.amount} per minute. Check the key you send, and try again "
+            f"in {format_duration(window.reset_seconds)}.",
+            openai_type="requests",
+            headers={
+                "Retry-After": retry_after(window.reset_seconds),
+                **window_headers("requests", window),
+            },
+        )
+
+    # -- internals --------------------------------------------------------------------
+
+    def _check(self, principal: Principal, end_user: str | None, tokens: int) -> RateGrant:
+        grant = RateGrant(charged_tokens=tokens)
+        scopes = _scopes(principal, end_user)
+        for scope in scopes:
+            if scope.rpm is None:
+                continue
+            item = RateLimitItemPerMinute(scope.rpm)
+            ids = ("requests", *scope.ids)
+            if not self._requests.hit(item, *ids):
+                raise self._requests_refusal(scope, item, ids)
+            grant.requests = _stricter(grant.requests, self._request_window(item, ids))
+        for scope in scopes:
+            if scope.tpm is None:
+                continue
+            item = RateLimitItemPerMinute(scope.tpm)
+            ids = ("tokens", *scope.ids)
+            if not self._tokens.hit(item, *ids, cost=tokens):
+                refusal = self._tokens_refusal(scope, item, ids, tokens)
+                for hit_item, hit_ids in grant.token_hits:
+                    self._tokens.hit(hit_item, *hit_ids, cost=-tokens)
+                raise refusal
+            grant.token_hits.append((item, ids))
+            grant.tokens = _stricter(grant.tokens, self._token_window(item, ids, item.amount))
+        return grant
+
+    def _request_window(self, item: RateLimitItem, ids: tuple[str, ...]) -> Window:
+        stats = self._requests.get_window_stats(item, *ids)
+        reset = stats.reset_time - self._clock() if stats.remaining < item.amount else 0.0
+        return Window(item.amount, stats.remaining, max(0.0, reset))
+
+    def _sliding(self, item: RateLimitItem, ids: tuple[str, ...]) -> tuple[int, float, int, float]:
+        storage = cast(SlidingWindowCounterSupport, self._tokens.storage)
+        return storage.get_sliding_window(item.key_for(*ids), item.get_expiry())
+
+    def _token_window(self, item: RateLimitItem, ids: tuple[str, ...], cost: int) -> Window:
+        """The window's state; ``reset_seconds`` is when ``cost`` tokens will fit."""
+        window = self._sliding(item, ids)
+        previous, previous_ttl, current, _ = window
+        used = math.floor(previous * previous_ttl / item.get_expiry()) + current
+        wait = seconds_until_fits(item.amount, cost, window, item.get_expiry())
+        reset = item.get_expiry() if math.isinf(wait) else wait
+        return Window(item.amount, item.amount - used, reset)
+
+    def _requests_refusal(
+        self, scope: _Scope, item: RateLimitItem, ids: tuple[str, ...]
+    ) -> RateLimited:
+        window = self._request_window(item, ids)
+        return RateLimited(
+            f"Rate limit reached for requests per minute (RPM) of {scope.label}: "
+            f"Limit {item.amount}, Used {item.amount - window.remaining}, Requested 1. "
+            f"Please try again in {format_duration(window.reset_seconds)}.",
+            openai_type="requests",
+            headers={
+                "Retry-After": retry_after(window.reset_seconds),
+                **window_headers("requests", window),
+            },
+        )
+
+    def _tokens_refusal(
+        self, scope: _Scope, item: RateLimitItem, ids: tuple[str, ...], tokens: int
+    ) -> RateLimited:
+        window = self._token_window(item, ids, tokens)
+        if tokens > item.amount:
+            return RateLimited(
+                f"Request too large for the tokens per minute (TPM) limit of {scope.label}: "
+                f"Limit {item.amount}, Requested {tokens} (prompt estimate + max_tokens). "
+                "Lower max_tokens or shorten the prompt.",
+                openai_type="tokens",
+                headers={
+                    "Retry-After": retry_after(WINDOW_SECONDS),
+                    "x-should-retry": "false",
+                    **window_headers("tokens", window),
+                },
+            )
+        return RateLimited(
+            f"Rate limit reached for tokens per minute (TPM) of {scope.label}: "
+            f"Limit {item.amount}, Used {item.amount - window.remaining}, Requested {tokens}. "
+            f"Please try again in {format_duration(window.reset_seconds)}.",
+            openai_type="tokens",
+            headers={
+                "Retry-After": retry_after(window.reset_seconds),
+                **window_headers("tokens", window),
+            },
+        )
+
+
+def _scopes(principal: Principal, end_user: str | None) -> list[_Scope]:
+    """Narrowest first: the end user (when the key has an end-user tier), key, user."""
+    scopes: list[_Scope] = []
+    limits = principal.end_user_limits
+    if end_user and limits is not None:
+        scopes.append(
+            _Scope(
+                ("enduser", str(principal.key_id), end_user),
+                f"end user '{end_user}'",
+                limits.rpm,
+                limits.tpm,
+            )
+        )
+    key = principal.key_limits
+    scopes.append(
+        _Scope(("key", str(principal.key_id)), f"key {principal.key_prefix}…", key.rpm, key.tpm)
+    )
+    user = principal.user_limits
+    scopes.append(
+        _Scope(("user", str(principal.user_id)), f"user {principal.user_email}", user.rpm, user.tpm)
+    )
+    return scopes
+
+
+def _store_down() -> GatewayError:
+    return GatewayError(
+        "The gateway cannot check your rate limits right now; please retry shortly.",
+        status=503,
+        code="rate_limits_unavailable",
+    )
+
+
+def build_rate_limits(app: Flask, settings: Settings, redis: Redis | None) -> RateLimits:
+    """A flask-limiter ``Limiter`` bound to ``app``: on the app's Redis, else in process."""
+    options: dict[str, Any] = {"key_prefix": "mg:rl"}
+    if redis is not None:
+        options["connection_pool"] = redis.connection_pool  # one pool per process
+    limiter = Limiter(
+        get_remote_address,
+        app=app,
+        strategy="moving-window",
+        storage_uri=settings.redis_url or "memory://",
+        storage_options=options,
+    )
+    return RateLimits(limiter, unauthenticated_rpm=settings.unauthenticated_rpm)

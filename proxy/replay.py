@@ -1,0 +1,181 @@
+"""Replay a whole answer as the event stream its dialect would have sent.
+
+A cached answer is stored whole (as a non-streamed call returns it); a streamed
+request answered from it gets a synthesized stream the official SDKs parse into
+the same answer:
+
+- OpenAI chat: ``chat.completion.chunk`` events (a role delta, content / refusal
+  / tool-call deltas, a finish chunk per choice), the usage chunk only when the
+  request set ``stream_options.include_usage``, then ``data: [DONE]``.
+- Anthropic messages: ``message_start``, per block ``content_block_start`` /
+  ``content_block_delta`` (``text_delta``, ``input_json_delta``, ``thinking_delta``,
+  ``signature_delta``, ``citations_delta``) / ``content_block_stop``, then
+  ``message_delta`` with the stop reason and usage, and ``message_stop``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+
+from proxy.endpoints.base import JsonObject, RequestFacts
+
+PIECE_CHARS = 64
+TOOL_INPUT_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+USAGE_DELTA_FIELDS = (
+    "input_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "output_tokens",
+    "server_tool_use",
+)
+
+Replayer = Callable[[JsonObject, RequestFacts], list[bytes]]
+
+
+def pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """``text`` cut into consecutive pieces of at most ``size`` characters."""
+    for start in range(0, len(text), size):
+        yield text[start : start + size]
+
+
+# -- OpenAI chat completions ---------------------------------------------------------------
+
+
+def openai_chat_events(body: JsonObject, facts: RequestFacts) -> list[bytes]:
+    """The ``chat.completion.chunk`` stream carrying the completion ``body``."""
+    head: JsonObject = {
+        "id": body.get("id"),
+        "object": "chat.completion.chunk",
+        "created": body.get("created"),
+        "model": body.get("model"),
+    }
+    for name in ("service_tier", "system_fingerprint"):
+        if name in body:
+            head[name] = body[name]
+    include_usage = facts.wants_stream_usage
+
+    def chunk(index: int, delta: JsonObject, finish_reason: str | None = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        payload: JsonObject = {**head, "choices": [choice]}
+        if include_usage:
+            payload["usage"] = None
+        return _data(payload)
+
+    frames: list[bytes] = []
+    for position, choice in enumerate(body.get("choices") or []):
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", position)
+        frames.extend(chunk(index, delta) for delta in _message_deltas(choice.get("message")))
+        frames.append(chunk(index, {}, choice.get("finish_reason") or "stop"))
+    if include_usage:
+        frames.append(_data({**head, "choices": [], "usage": body.get("usage")}))
+    frames.append(b"data: [DONE]\n\n")
+    return frames
+
+
+def _message_deltas(message: Any) -> Iterator[JsonObject]:
+    message = message if isinstance(message, dict) else {}
+    content = message.get("content")
+    tool_calls = message.get("tool_calls") or []
+    yield {
+        "role": message.get("role") or "assistant",
+        "content": "" if isinstance(content, str) else None,
+        "refusal": None,
+    }
+    if isinstance(content, str):
+        yield from ({"content": piece} for piece in pieces(content))
+    refusal = message.get("refusal")
+    if isinstance(refusal, str):
+        yield from ({"refusal": piece} for piece in pieces(refusal))
+    for index, call in enumerate(tool_calls):
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") or {}
+        opening = {
+            "index": index,
+            "id": call.get("id"),
+            "type": call.get("type", "function"),
+            "function": {"name": function.get("name"), "arguments": ""},
+        }
+        yield {"tool_calls": [opening]}
+        for piece in pieces(str(function.get("arguments") or "")):
+            yield {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+    function_call = message.get("function_call")  # the deprecated single-function form
+    if isinstance(function_call, dict):
+        yield {"function_call": function_call}
+
+
+def _data(payload: JsonObject) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+# -- Anthropic messages --------------------------------------------------------------------
+
+
+def anthropic_message_events(body: JsonObject, facts: RequestFacts) -> list[bytes]:
+    """The Messages event stream carrying the message ``body``."""
+    raw_usage = body.get("usage")
+    usage: JsonObject = raw_usage if isinstance(raw_usage, dict) else {}
+    start = {
+        **body,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {**usage, "output_tokens": min(1, int(usage.get("output_tokens") or 0))},
+    }
+    frames = [_event("message_start", {"message": start})]
+    for index, block in enumerate(body.get("content") or []):
+        if isinstance(block, dict):
+            frames.extend(_block_events(index, block))
+    delta = {"stop_reason": body.get("stop_reason"), "stop_sequence": body.get("stop_sequence")}
+    final_usage = {name: usage[name] for name in USAGE_DELTA_FIELDS if name in usage}
+    frames.append(_event("message_delta", {"delta": delta, "usage": final_usage}))
+    frames.append(_event("message_stop", {}))
+    return frames
+
+
+def _block_events(index: int, block: JsonObject) -> Iterator[bytes]:
+    kind = block.get("type")
+    deltas: list[JsonObject] = []
+    if kind == "text":
+        opening: JsonObject = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": p} for p in pieces(str(block.get("text", "")))]
+        deltas += [
+            {"type": "citations_delta", "citation": citation}
+            for citation in block.get("citations") or []
+        ]
+    elif kind in TOOL_INPUT_BLOCKS:
+        opening = {**block, "input": {}}
+        arguments = orjson.dumps(block.get("input", {})).decode()
+        deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces(arguments)]
+    elif kind == "thinking":
+        opening = {"type": "thinking", "thinking": "", "signature": ""}
+        thinking = str(block.get("thinking", ""))
+        deltas = [{"type": "thinking_delta", "thinking": p} for p in pieces(thinking)]
+        deltas.append({"type": "signature_delta", "signature": str(block.get("signature", ""))})
+    else:  # redacted thinking, tool results, …: whole in their start event
+        opening = block
+    yield _event("content_block_start", {"index": index, "content_block": opening})
+    for delta in deltas:
+        yield _event("content_block_delta", {"index": index, "delta": delta})
+    yield _event("content_block_stop", {"index": index})
+
+
+def _event(kind: str, payload: JsonObject) -> bytes:
+    data = orjson.dumps({"type": kind, **payload})
+    return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+
+REPLAYERS: dict[str, Replayer] = {
+    "chat.completions": openai_chat_events,
+    "messages": anthropic_message_events,
+}
+
+
+def replay_stream(endpoint: str, body: JsonObject, facts: RequestFacts) -> list[bytes]:
+    """The events replaying ``body`` for ``endpoint``; KeyError when it has no replayer."""
+    return REPLAYERS[endpoint](body, facts)
