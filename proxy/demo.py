@@ -51,7 +51,7 @@ QUESTIONS = [
     "Give me three names for a coffee shop.",
 ]
 OPENAI_MODELS = ["gpt-4o-mini", "gpt-4.1-mini", "gpt-4o"]
-ANTHROPIC_MODELS = ["claude-haiku-4-5", "claude-sonnet-4-5"]
+ANTHROPIC_MODELS = ["claude-haiku-4-5", "claude-sonnet-4-6"]
 
 
 def demo_settings() -> Settings:

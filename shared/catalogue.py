@@ -72,6 +72,7 @@ SEED_MODELS: tuple[ModelEntry, ...] = (
     _openai("text-embedding-3-large", "0.13", "0.13", "0"),
     _anthropic("claude-opus-4-1", "15.00", "1.50", "18.75", "75.00"),
     _anthropic("claude-opus-4-5", "5.00", "0.50", "6.25", "25.00"),
+    _anthropic("claude-sonnet-4-6", "3.00", "0.30", "3.75", "15.00"),
     _anthropic("claude-sonnet-4-5", "3.00", "0.30", "3.75", "15.00"),
     _anthropic("claude-sonnet-4-0", "3.00", "0.30", "3.75", "15.00"),
     _anthropic("claude-haiku-4-5", "1.00", "0.10", "1.25", "5.00"),

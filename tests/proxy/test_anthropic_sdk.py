@@ -127,7 +127,11 @@ def test_async_stream_is_recorded(
                 model=MODEL,
                 max_tokens=100,
                 messages=HELLO,
-                extra_headers={"x-request-id": request_id},
+                extra_headers={
+                    "x-request-id": request_id,
+                    "x-metergate-end-user": "header-user",
+                    "x-metergate-session-id": "async-session",
+                },
             ) as stream:
                 return await stream.get_final_text(), await stream.get_final_message()
 
@@ -137,6 +141,7 @@ def test_async_stream_is_recorded(
     record, _ = only_record(proxy, request_id)
     assert record.is_stream and record.status == 200
     assert record.completion_tokens == message.usage.output_tokens
+    assert (record.end_user, record.session_id) == ("header-user", "async-session")
 
 
 def test_messages_stream_helper_yields_the_text_and_the_record_holds_the_assembled_message(
