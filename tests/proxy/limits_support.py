@@ -28,7 +28,7 @@ from proxy.config_cache import NO_LIMITS, EffectiveLimits, Principal
 from shared import accounts
 from shared.accounts import Limits
 from shared.db import transaction
-from shared.models import RequestRecord, User
+from shared.models import RequestRecord
 from tests.support import PROVIDER_ANTHROPIC_KEY, PROVIDER_OPENAI_KEY, wait_for
 
 # Redis databases of these tests (the shared fixtures use 9): proxies, and the bare store.
@@ -125,54 +125,58 @@ def recorded_spend(engine: Engine, **where: int) -> tuple[int, Decimal]:
         return int(tokens), Decimal(str(usd))
 
 
-def user_id_of(engine: Engine, email: str) -> int:
-    with Session(engine) as session:
-        return session.query(User).filter_by(email=email).one().id
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-@contextmanager
-def gunicorn_proxy(
-    database_url: str, redis_url: str, simulator_url: str, data_dir: Path
-) -> Iterator[str]:
-    """``metergate serve proxy`` (one gunicorn worker) in a subprocess; yields its base URL."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "METERGATE_DATABASE_URL": database_url,
-        "METERGATE_REDIS_URL": redis_url,
-        "METERGATE_DATA_DIR": str(data_dir),
-        "METERGATE_CONFIG_POLL_SECONDS": "0.2",
-        "METERGATE_RECORD_FLUSH_SECONDS": "0.05",
-        "OPENAI_API_KEY": PROVIDER_OPENAI_KEY,
-        "OPENAI_BASE_URL": simulator_url + "/v1",
-        "ANTHROPIC_API_KEY": PROVIDER_ANTHROPIC_KEY,
-        "ANTHROPIC_BASE_URL": simulator_url,
-    }
-    command = [sys.executable, "-m", "proxy.cli", "serve", "proxy", "--port", str(port)]
-    command += ["--workers", "1", "--threads", "32"]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
+class GunicornProxy:
+    """``metergate serve proxy`` (one gunicorn worker) in a subprocess, on the given
+    database and Redis. It boots in the background: call ``ready`` when it is needed."""
 
-    def is_up() -> bool:
-        assert server.poll() is None, server.communicate()[0].decode(errors="replace")[-3000:]
+    def __init__(
+        self, database_url: str, redis_url: str, simulator_url: str, data_dir: Path
+    ) -> None:
+        port = free_port()
+        env = {
+            **os.environ,
+            "METERGATE_DATABASE_URL": database_url,
+            "METERGATE_REDIS_URL": redis_url,
+            "METERGATE_DATA_DIR": str(data_dir),
+            "METERGATE_CONFIG_POLL_SECONDS": "0.2",
+            "METERGATE_RECORD_FLUSH_SECONDS": "0.05",
+            "OPENAI_API_KEY": PROVIDER_OPENAI_KEY,
+            "OPENAI_BASE_URL": simulator_url + "/v1",
+            "ANTHROPIC_API_KEY": PROVIDER_ANTHROPIC_KEY,
+            "ANTHROPIC_BASE_URL": simulator_url,
+        }
+        command = [sys.executable, "-m", "proxy.cli", "serve", "proxy", "--port", str(port)]
+        command += ["--workers", "1", "--threads", "32"]
+        self.base_url = f"http://127.0.0.1:{port}"
+        self._server = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+
+    def ready(self) -> str:
+        """The base URL, once the server answers (a minute at most)."""
+        wait_for(self._is_up, timeout=60, interval=0.05)
+        return self.base_url
+
+    def stop(self) -> None:
+        """Quick shutdown (SIGQUIT): its records are not what the tests look at."""
+        self._server.send_signal(signal.SIGQUIT)
+        output, _ = self._server.communicate(timeout=60)
+        assert self._server.returncode == 0, output.decode(errors="replace")[-3000:]
+
+    def _is_up(self) -> bool:
+        if self._server.poll() is not None:
+            output = self._server.communicate()[0].decode(errors="replace")
+            raise AssertionError(f"the proxy process exited: {output[-3000:]}")
         try:
-            return httpx2.get(base_url + "/healthz", timeout=1).status_code == 200
+            return httpx2.get(self.base_url + "/healthz", timeout=1).status_code == 200
         except httpx2.HTTPError:
             return False
-
-    try:
-        wait_for(is_up, timeout=60, interval=0.05)
-        yield base_url
-    finally:
-        server.send_signal(signal.SIGTERM)
-        output, _ = server.communicate(timeout=60)
-        assert server.returncode == 0, output.decode(errors="replace")[-3000:]
 
 
 @dataclass

@@ -27,10 +27,10 @@ from shared.tokens import estimate_prompt_tokens
 from tests.proxy.limits_support import (
     REDIS_PROXY_URL,
     Account,
+    GunicornProxy,
     ask,
     client_for,
     flushed_redis,
-    gunicorn_proxy,
     make_account,
     principal_with,
     unique_id,
@@ -76,55 +76,31 @@ def local(
         yield server
 
 
-@pytest.fixture(scope="module")
-def remote(
+@pytest.fixture(scope="module", autouse=True)
+def remote_process(
     database: str,
     shared_redis: redis.Redis,
     simulator: SimulatorThread,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    """The same proxy as a gunicorn subprocess on the same PostgreSQL and Redis."""
-    data_dir = tmp_path_factory.mktemp("remote")
-    with gunicorn_proxy(database, REDIS_PROXY_URL, simulator.base_url, data_dir) as base_url:
-        yield base_url
+) -> Iterator[GunicornProxy]:
+    """The same proxy as a gunicorn subprocess on the same PostgreSQL and Redis; it boots
+    while this module's other tests run."""
+    process = GunicornProxy(
+        database, REDIS_PROXY_URL, simulator.base_url, tmp_path_factory.mktemp("remote")
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def remote(remote_process: GunicornProxy) -> str:
+    return remote_process.ready()
 
 
 def account(proxy: ProxyServer, **kwargs: object) -> Account:
     return make_account(proxy.state.engine, **kwargs)  # type: ignore[arg-type]
-
-
-# -- exact across processes ---------------------------------------------------------------
-
-
-def test_requests_per_minute_are_exact_across_two_processes(
-    local: ProxyServer, remote: str
-) -> None:
-    acct = account(local, limits=Limits(rpm=5))
-    with (
-        client_for("openai", local.base_url, acct.key) as here,
-        client_for("openai", remote, acct.key) as there,
-        ThreadPoolExecutor(16) as pool,
-    ):
-        outcomes = list(pool.map(lambda client: ask(client).status, [here, there] * 8))
-    assert sorted(outcomes) == [200] * 5 + [429] * 11
-
-
-def test_token_limits_are_exact_across_limiters_sharing_redis(
-    shared_redis: redis.Redis,
-) -> None:
-    """Two processes' limiters (two apps) on one Redis: exactly tpm / charge calls pass."""
-    first, second = (redis_limits() for _ in range(2))
-    principal = principal_with(tpm=1000, user_id=unique_id())
-
-    def call(limits: RateLimits) -> bool:
-        try:
-            limits.check(principal, None, 100)
-        except RateLimited:
-            return False
-        return True
-
-    with ThreadPoolExecutor(20) as pool:
-        assert sum(pool.map(call, [first, second] * 15)) == 10
 
 
 # -- refusals, both dialects ----------------------------------------------------------------
@@ -371,6 +347,40 @@ def test_seconds_until_tokens_fit(
     window: tuple[int, float, int, float], cost: int, expected: float
 ) -> None:
     assert seconds_until_fits(100, cost, window) == pytest.approx(expected)
+
+
+# -- exact across processes (last: the gunicorn process boots while the rest run) -------
+
+
+def test_requests_per_minute_are_exact_across_two_processes(
+    local: ProxyServer, remote: str
+) -> None:
+    acct = account(local, limits=Limits(rpm=5))
+    with (
+        client_for("openai", local.base_url, acct.key) as here,
+        client_for("openai", remote, acct.key) as there,
+        ThreadPoolExecutor(16) as pool,
+    ):
+        outcomes = list(pool.map(lambda client: ask(client).status, [here, there] * 8))
+    assert sorted(outcomes) == [200] * 5 + [429] * 11
+
+
+def test_token_limits_are_exact_across_limiters_sharing_redis(
+    shared_redis: redis.Redis,
+) -> None:
+    """Two processes' limiters (two apps) on one Redis: exactly tpm / charge calls pass."""
+    first, second = (redis_limits() for _ in range(2))
+    principal = principal_with(tpm=1000, user_id=unique_id())
+
+    def call(limits: RateLimits) -> bool:
+        try:
+            limits.check(principal, None, 100)
+        except RateLimited:
+            return False
+        return True
+
+    with ThreadPoolExecutor(20) as pool:
+        assert sum(pool.map(call, [first, second] * 15)) == 10
 
 
 # -- helpers -------------------------------------------------------------------------------
