@@ -1,7 +1,8 @@
 """Stage: monthly quotas and spending caps, reserved before the upstream call, settled after.
 
     reserve   the call's most (prompt estimate + max_tokens clamped to the ceiling, at the
-              model's price) is held in every scope at once: the user (monthly tokens and
+              dearest price of the model and its fallbacks) is held in every scope at
+              once, in one Redis round trip: the user (monthly tokens and
               USD: user override, else tier), the key (its own overrides), the end user
               (the key's end-user tier), the tenant (its cap), the deployment (global cap).
               A scope that cannot hold it refuses the call: QuotaExceeded (429,
@@ -27,6 +28,7 @@ from decimal import Decimal
 
 from redis import Redis, RedisError
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from proxy.charge import Charge
 from proxy.config_cache import ConfigCache, EffectiveLimits, Principal
@@ -217,7 +219,10 @@ class Quotas:
         try:
             return self.store.reserve(month, reservation_id, holds, deadline, now, expire_at)
         except CountersMissing:
-            self._ensure_built(month)
+            try:
+                self._ensure_built(month)
+            except SQLAlchemyError as exc:  # the ledger is down: no counters to check against
+                raise _store_down() from exc
         try:
             return self.store.reserve(month, reservation_id, holds, deadline, now, expire_at)
         except CountersMissing as exc:
@@ -258,13 +263,15 @@ def quota_refusal(
     """The 429 for a spent quota: which limit, how far it is used, when it resets."""
     resets = next_month_start(month)
     if shortfall.measure == "tokens":
+        limit_units = scope.token_limit or 0
         what = f"the monthly token quota of {scope.label} ({scope.token_limit} tokens)"
         detail = (
             f"{shortfall.spent} used, {shortfall.held} held by calls in progress, "
             f"this call may use up to {charge.total_tokens}"
         )
     else:
-        limit = _usd(to_units(scope.usd_limit or Decimal(0)))
+        limit_units = to_units(scope.usd_limit or Decimal(0))
+        limit = _usd(limit_units)
         if scope.is_private:
             what = f"the global cap of {scope.label}"
         elif scope.is_cap:
@@ -276,8 +283,9 @@ def quota_refusal(
             f"progress, this call may cost up to ${_usd(usd)}"
         )
     said = "" if scope.is_private else f" ({detail})"
+    state = "is spent" if shortfall.spent >= limit_units else "has too little left for this call"
     message = (
-        f"You exceeded your current quota: {what} is spent for {month}{said}. "
+        f"You exceeded your current quota: {what} {state} in {month}{said}. "
         f"It resets on {resets.date().isoformat()} (UTC)."
     )
     retry_after = max(1, int(resets.timestamp() - now))

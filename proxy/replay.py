@@ -24,6 +24,8 @@ from proxy.endpoints.base import JsonObject, RequestFacts
 
 PIECE_CHARS = 64
 TOOL_INPUT_BLOCKS = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+# Known only at the end of a stream: sent in ``message_delta`` when the answer has them.
+LATE_MESSAGE_FIELDS = ("stop_details", "container")
 USAGE_DELTA_FIELDS = (
     "input_tokens",
     "cache_creation_input_tokens",
@@ -131,7 +133,8 @@ def anthropic_message_events(body: JsonObject, facts: RequestFacts) -> list[byte
     for index, block in enumerate(body.get("content") or []):
         if isinstance(block, dict):
             frames.extend(_block_events(index, block))
-    delta = {"stop_reason": body.get("stop_reason"), "stop_sequence": body.get("stop_sequence")}
+    delta = {name: body.get(name) for name in ("stop_reason", "stop_sequence")}
+    delta.update({name: body[name] for name in LATE_MESSAGE_FIELDS if body.get(name) is not None})
     final_usage = {name: usage[name] for name in USAGE_DELTA_FIELDS if name in usage}
     frames.append(_event("message_delta", {"delta": delta, "usage": final_usage}))
     frames.append(_event("message_stop", {}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -20,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from proxy.simulator import SimulatorThread
 from shared.models import User
-from tests.support import Accounts, ProxyServer
+from shared.settings import Settings
+from tests.support import Accounts, ProxyServer, running_proxy, settings_for
 
 OpenAIFactory = Callable[..., openai.OpenAI]
 AnthropicFactory = Callable[..., anthropic.Anthropic]
@@ -57,6 +59,33 @@ class SimControl:
 @pytest.fixture(scope="session")
 def tls() -> ssl.SSLContext:
     return ssl.create_default_context()
+
+
+@pytest.fixture(scope="session")
+def edge_proxy(
+    db_url: str, simulator: SimulatorThread, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyServer]:
+    """A second proxy on each test database, set for the edges (read them off its settings):
+
+    - bodies over 2 KiB are refused (413);
+    - one-second upstream deadlines, one attempt per call and no circuit breaker, so each
+      injected fault maps straight to its answer (retries and breakers have their own tests);
+    - config changes polled at the shipped default interval, so key revocation is timed as
+      deployed.
+    """
+    settings = settings_for(
+        db_url,
+        simulator.base_url,
+        Path(tmp_path_factory.mktemp("edge-proxy")),
+        max_body_bytes=2_048,
+        upstream_first_byte_timeout_seconds=1.0,
+        upstream_read_timeout_seconds=1.0,
+        retry_max_attempts=1,
+        breaker_failure_threshold=1_000_000,
+        config_poll_seconds=Settings.model_fields["config_poll_seconds"].default,
+    )
+    with running_proxy(settings) as server:
+        yield server
 
 
 @pytest.fixture()

@@ -33,5 +33,6 @@ def only_record(server: ProxyServer, request_id: str, timeout: float = 10.0) -> 
             return [(row, session.get(RequestBody, row.id)) for row in rows] or None
 
     found = wait_for(lookup, timeout)
+    assert found is not None
     assert len(found) == 1, f"{len(found)} records for one call {request_id}"
     return found[0]

@@ -32,6 +32,8 @@ from shared.models import Tenant
 from tests.support import (
     Accounts,
     ProxyServer,
+    create_pg_database,
+    drop_pg_database,
     running_proxy,
     seed_accounts,
     settings_for,
@@ -82,6 +84,16 @@ def cache_redis() -> Iterator[redis.Redis]:
         client.close()
 
 
+@pytest.fixture(scope="module")
+def cache_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this module's own: its records stay out of other tests' sums."""
+    url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
 @pytest.fixture(scope="module", params=["redis", "embedded"])
 def gw(
     request: pytest.FixtureRequest,
@@ -91,7 +103,7 @@ def gw(
     data_dir = Path(tmp_path_factory.mktemp(f"cache-{request.param}"))
     if request.param == "redis":
         request.getfixturevalue("cache_redis")
-        db_url = str(request.getfixturevalue("pg_url"))
+        db_url = request.getfixturevalue("cache_pg_url")
         overrides: dict[str, Any] = {"redis_url": CACHE_REDIS_URL}
     else:
         db_url = f"sqlite:///{data_dir / 'metergate.sqlite3'}"

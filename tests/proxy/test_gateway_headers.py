@@ -105,3 +105,20 @@ def test_overlong_client_request_id_is_cut_to_what_the_record_holds(
     assert sent.startswith(echoed) and 0 < len(echoed) <= 200
     record, _ = only_record(proxy, echoed)
     assert record.client_request_id == echoed
+
+
+def test_overhead_excludes_the_time_spent_waiting_for_upstream(
+    proxy: ProxyServer, http: httpx2.Client, acct: Accounts
+) -> None:
+    upstream_delay_ms = 400
+    response = http.post(
+        "/v1/chat/completions",
+        json={**CHAT, "sim_fault": "slow", "sim_slow_ms": upstream_delay_ms},
+        headers={"Authorization": f"Bearer {acct.key}"},
+    )
+    assert response.status_code == 200
+    record, _ = only_record(proxy, response.headers["x-request-id"])
+    assert record.upstream_latency_ms is not None
+    assert record.upstream_latency_ms >= upstream_delay_ms
+    assert float(response.headers["x-metergate-overhead-ms"]) < upstream_delay_ms / 2
+    assert record.overhead_ms is not None and record.overhead_ms < upstream_delay_ms / 2

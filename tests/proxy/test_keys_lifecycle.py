@@ -11,7 +11,6 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import pytest
 from click.testing import CliRunner
 
 from proxy.cli import main as cli
-from proxy.simulator import SimulatorThread
 from shared import accounts
 from shared.db import transaction
 from shared.models import ApiKey
@@ -28,9 +26,7 @@ from shared.settings import Settings
 from tests.support import (
     Accounts,
     ProxyServer,
-    running_proxy,
     seed_accounts,
-    settings_for,
     wait_for,
 )
 
@@ -39,24 +35,11 @@ METERGATE = Path(sys.executable).with_name("metergate")
 DEFAULT_POLL_SECONDS = Settings.model_fields["config_poll_seconds"].default
 
 
-@pytest.fixture(scope="module")
-def as_deployed(
-    db_url: str, simulator: SimulatorThread, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyServer]:
-    """A second proxy on the database, polling for config changes at the default interval."""
-    settings = settings_for(
-        db_url,
-        simulator.base_url,
-        Path(tmp_path_factory.mktemp("as-deployed")),
-        config_poll_seconds=DEFAULT_POLL_SECONDS,
-    )
-    with running_proxy(settings) as server:
-        yield server
-
-
 @pytest.fixture()
-def both(proxy: ProxyServer, as_deployed: ProxyServer) -> list[ProxyServer]:
-    return [proxy, as_deployed]
+def both(proxy: ProxyServer, edge_proxy: ProxyServer) -> list[ProxyServer]:
+    """Two proxies on one database; the second polls for changes at the default interval."""
+    assert edge_proxy.state.settings.config_poll_seconds == DEFAULT_POLL_SECONDS
+    return [proxy, edge_proxy]
 
 
 def status_on(server: ProxyServer, key: str, tls: ssl.SSLContext) -> tuple[int, str | None]:

@@ -24,7 +24,7 @@ from tests.support import PROVIDER_OPENAI_KEY, Accounts, ProxyServer, seed_accou
 
 MODEL = "gpt-4o-mini"
 CATALOGUE = {entry.name: entry for entry in SEED_MODELS}
-WEATHER_TOOL = {
+WEATHER_TOOL: Any = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -87,6 +87,7 @@ def test_sync_completion_is_answered_and_recorded_with_identity_tokens_and_exact
     assert record.error_code is None
     assert record.latency_ms > 0 and record.upstream_latency_ms and record.upstream_latency_ms > 0
     assert record.overhead_ms is not None and 0 <= record.overhead_ms <= record.latency_ms
+    assert record.overhead_ms + record.upstream_latency_ms == pytest.approx(record.latency_ms)
     assert record.client_ip == "127.0.0.1"
     assert record.user_agent and record.user_agent.startswith("OpenAI/Python")
     assert record.upstream_request_id and record.upstream_request_id != record.id
@@ -204,15 +205,16 @@ def test_tool_call_answer_reaches_the_client_and_the_record(
     raw = oai.chat.completions.with_raw_response.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Weather in Paris?"}],
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],
     )
     completion = raw.parse()
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.tool_calls
     call = choice.message.tool_calls[0]
-    assert call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert "city" in json.loads(call.function.arguments)  # type: ignore[union-attr]
+    assert call.type == "function"
+    assert call.function.name == "get_weather"
+    assert "city" in json.loads(call.function.arguments)
     _, body = only_record(proxy, raw.headers["x-request-id"])
     assert body is not None and body.response_body
     recorded_call = json.loads(body.response_body)["choices"][0]["message"]["tool_calls"][0]
@@ -225,7 +227,7 @@ def test_streamed_tool_call_is_assembled_into_the_record(
     stream = oai.chat.completions.with_raw_response.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Weather in Oslo?"}],
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],
         stream=True,
     )
     chunks = list(stream.parse())
@@ -281,6 +283,9 @@ def test_client_key_never_reaches_upstream(
     [
         pytest.param({}, id="whole"),
         pytest.param({"stream": True}, id="stream-without-usage"),
+        pytest.param(
+            {"stream": True, "stream_options": {"include_usage": False}}, id="stream-usage-off"
+        ),
         pytest.param(
             {"stream": True, "stream_options": {"include_usage": True}}, id="stream-with-usage"
         ),
@@ -344,3 +349,16 @@ def test_repeated_long_prompt_is_priced_with_openais_cached_input_rate(
     assert record.cost_usd == expected_cost(
         CATALOGUE[MODEL], second.usage.prompt_tokens, second.usage.completion_tokens, cached
     )
+
+
+def test_x_api_key_header_is_accepted_on_the_openai_route(
+    proxy: ProxyServer, http: httpx2.Client, acct: Accounts
+) -> None:
+    response = http.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-api-key": acct.key},
+    )
+    assert response.status_code == 200, response.text
+    record, _ = only_record(proxy, response.headers["x-request-id"])
+    assert record.key_id == acct.key_id

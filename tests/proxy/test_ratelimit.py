@@ -13,16 +13,19 @@ from pathlib import Path
 import pytest
 import redis
 import time_machine
+from click.testing import CliRunner
 from flask import Flask
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
 from proxy.charge import REQUEST_OVERHEAD_TOKENS
+from proxy.cli import main
 from proxy.errors import RateLimited
 from proxy.ratelimit import RateLimits, format_duration, seconds_until_fits
 from proxy.simulator import SimulatorThread
+from shared import accounts
 from shared.accounts import Limits
-from shared.db import upgrade
+from shared.db import transaction, upgrade
 from shared.tokens import estimate_prompt_tokens
 from tests.proxy.limits_support import (
     REDIS_PROXY_URL,
@@ -35,7 +38,13 @@ from tests.proxy.limits_support import (
     principal_with,
     unique_id,
 )
-from tests.support import ProxyServer, create_pg_database, drop_pg_database, running_proxy
+from tests.support import (
+    ProxyServer,
+    create_pg_database,
+    drop_pg_database,
+    running_proxy,
+    wait_for,
+)
 from tests.support import settings_for as base_settings
 
 DIALECTS = ("openai", "anthropic")
@@ -248,6 +257,33 @@ def test_end_user_limits_apply_to_each_end_user(local: ProxyServer) -> None:
         bob = [ask(client, end_user="bob").status for _ in range(2)]
         anonymous = [ask(client).status for _ in range(3)]
     assert (alice, bob, anonymous) == ([200, 200, 429], [200, 200], [200, 200, 200])
+
+
+def test_a_cache_hit_counts_as_a_request(local: ProxyServer) -> None:
+    acct = account(local, limits=Limits(rpm=2, cache_ttl_seconds=60))
+    with client_for("openai", local.base_url, acct.key) as client:
+        outcomes = [ask(client, text="the same question") for _ in range(3)]
+    assert [(o.status, o.headers.get("x-metergate-cache")) for o in outcomes] == [
+        (200, "miss"),
+        (200, "hit"),
+        (429, "miss"),
+    ]
+
+
+def test_limits_set_from_the_cli_reach_the_proxy_within_seconds(
+    local: ProxyServer, database: str
+) -> None:
+    acct = account(local)
+    with client_for("openai", local.base_url, acct.key) as client:
+        assert ask(client, end_user="carol").status == 200
+        with transaction(local.state.engine) as session:
+            accounts.create_tier(session, f"per-person-{acct.key_id}", Limits(rpm=1))
+        command = ["key", "limit", str(acct.key_id), "--end-user-tier", f"per-person-{acct.key_id}"]
+        result = CliRunner().invoke(main, command, env={"METERGATE_DATABASE_URL": database})
+        assert result.exit_code == 0, result.output
+        # carol's first call since the change may pass; then her limit of one a minute holds.
+        wait_for(lambda: ask(client, end_user="carol").status == 429, timeout=5)
+        assert ask(client, end_user="dave").status == 200
 
 
 def test_the_embedded_mode_enforces_the_same_limits(

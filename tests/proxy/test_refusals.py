@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import ssl
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anthropic
@@ -16,12 +15,11 @@ import httpx2
 import openai
 import pytest
 
-from proxy.simulator import SimulatorThread
 from shared import accounts
 from shared.db import transaction
 from shared.models import ApiKey
 from tests.proxy.recorded import Recorded, only_record
-from tests.support import Accounts, ProxyServer, running_proxy, seed_accounts, settings_for
+from tests.support import Accounts, ProxyServer, seed_accounts
 
 if TYPE_CHECKING:
     from tests.proxy.conftest import AnthropicFactory, OpenAIFactory
@@ -37,23 +35,14 @@ ANTHROPIC_ERROR_TYPES = {
     405: "invalid_request_error",
     413: "request_too_large",
 }
-SMALL_BODY_LIMIT = 2_048
 
 
 @dataclass
 class Keys:
     valid: Accounts
-    limited: Accounts  # may use only a model of the other provider
+    limited: Accounts  # may use gpt-4o and claude-sonnet-4-5, not the models asked for
     revoked: Accounts
     expired: Accounts
-
-
-@dataclass
-class Call:
-    method: str = "POST"
-    path: str | None = None  # None: the dialect's route
-    body: Any = None  # a dict to send as JSON, or raw bytes
-    key: str | None = "valid"  # which of Keys, a literal "mg-…"/"sk-…" value, or None
 
 
 def valid_body(dialect: str) -> dict[str, Any]:
@@ -82,7 +71,8 @@ def changed(**fields: Any) -> Callable[[str], dict[str, Any]]:
 
 
 BodyOf = Callable[[str], Any]
-# (case, body for a dialect, key, method, path, status, code)
+# (case, body for a dialect, key: a Keys field / a literal value / None, method,
+#  path: None for the dialect's route, status, code)
 REFUSALS: list[tuple[str, BodyOf, str | None, str, str | None, int, str]] = [
     ("malformed-json", lambda d: b'{"model": "gpt', "valid", "POST", None, 400, "invalid_json"),
     ("empty-body", lambda d: b"", "valid", "POST", None, 400, "invalid_json"),
@@ -120,6 +110,16 @@ REFUSALS: list[tuple[str, BodyOf, str | None, str, str | None, int, str]] = [
     ("foreign-key", valid_body, "sk-proj-" + "y" * 40, "POST", None, 401, "invalid_api_key"),
     ("revoked-key", valid_body, "revoked", "POST", None, 401, "revoked_api_key"),
     ("expired-key", valid_body, "expired", "POST", None, 401, "expired_api_key"),
+    ("models-missing-key", lambda d: None, None, "GET", "/v1/models", 401, "missing_api_key"),
+    (
+        "models-invalid-key",
+        lambda d: None,
+        "mg-" + "q" * 32,
+        "GET",
+        "/v1/models",
+        401,
+        "invalid_api_key",
+    ),
     ("unknown-route", valid_body, "valid", "POST", "/v1/chat/complete", 404, "unknown_route"),
     ("unknown-route-get", lambda d: None, "valid", "GET", "/v2/models", 404, "unknown_route"),
     ("wrong-method", lambda d: None, "valid", "GET", None, 405, "method_not_allowed"),
@@ -161,17 +161,6 @@ def keys(proxy: ProxyServer) -> Keys:
         revoked=revoked,
         expired=expired,
     )
-
-
-@pytest.fixture(scope="module")
-def small_proxy(
-    db_url: str, simulator: SimulatorThread, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyServer]:
-    """A proxy on the same database that refuses bodies over SMALL_BODY_LIMIT bytes."""
-    data_dir = Path(tmp_path_factory.mktemp("small-proxy"))
-    settings = settings_for(db_url, simulator.base_url, data_dir, max_body_bytes=SMALL_BODY_LIMIT)
-    with running_proxy(settings) as server:
-        yield server
 
 
 def key_header(dialect: str, key: str) -> dict[str, str]:
@@ -258,18 +247,18 @@ def test_refusal_is_a_json_error_in_the_callers_dialect_and_is_recorded(
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
 @pytest.mark.parametrize("is_chunked", [False, True], ids=["content-length", "chunked"])
 def test_body_over_the_limit_is_refused_with_413_and_recorded(
-    small_proxy: ProxyServer, tls: ssl.SSLContext, dialect: str, is_chunked: bool
+    edge_proxy: ProxyServer, tls: ssl.SSLContext, dialect: str, is_chunked: bool
 ) -> None:
-    valid = seed_accounts(small_proxy.state.engine)
+    valid = seed_accounts(edge_proxy.state.engine)
     body = valid_body(dialect)
-    body["messages"][0]["content"] = "x" * (SMALL_BODY_LIMIT * 2)
+    body["messages"][0]["content"] = "x" * (edge_proxy.state.settings.max_body_bytes * 2)
     raw = json.dumps(body).encode()
     content: Any = iter([raw[:1000], raw[1000:]]) if is_chunked else raw
     request_id = f"too-large-{uuid.uuid4()}"
     headers = {"x-request-id": request_id, **key_header(dialect, valid.key)}
-    with httpx2.Client(base_url=small_proxy.base_url, timeout=30, verify=tls) as client:
+    with httpx2.Client(base_url=edge_proxy.base_url, timeout=30, verify=tls) as client:
         response = client.post(PATHS[dialect], content=content, headers=headers)
-    assert_refusal(small_proxy, response, dialect, 413, "request_too_large", request_id)
+    assert_refusal(edge_proxy, response, dialect, 413, "request_too_large", request_id)
 
 
 def body_of_size(dialect: str, size: int) -> bytes:
@@ -286,22 +275,22 @@ def body_of_size(dialect: str, size: int) -> bytes:
 @pytest.mark.parametrize("dialect", ["openai", "anthropic"])
 @pytest.mark.parametrize("is_chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.parametrize(
-    ("size", "status"),
-    [(SMALL_BODY_LIMIT, 200), (SMALL_BODY_LIMIT + 1, 413)],
+    ("bytes_over_limit", "status"),
+    [(0, 200), (1, 413)],
     ids=["at-limit", "one-byte-over"],
 )
 def test_body_size_limit_is_exact(
-    small_proxy: ProxyServer,
+    edge_proxy: ProxyServer,
     tls: ssl.SSLContext,
     dialect: str,
     is_chunked: bool,
-    size: int,
+    bytes_over_limit: int,
     status: int,
 ) -> None:
-    valid = seed_accounts(small_proxy.state.engine)
-    raw = body_of_size(dialect, size)
+    valid = seed_accounts(edge_proxy.state.engine)
+    raw = body_of_size(dialect, edge_proxy.state.settings.max_body_bytes + bytes_over_limit)
     content: Any = iter([raw[:700], raw[700:1500], raw[1500:]]) if is_chunked else raw
-    with httpx2.Client(base_url=small_proxy.base_url, timeout=30, verify=tls) as client:
+    with httpx2.Client(base_url=edge_proxy.base_url, timeout=30, verify=tls) as client:
         response = client.post(
             PATHS[dialect], content=content, headers=key_header(dialect, valid.key)
         )

@@ -2,7 +2,8 @@
 
 Faults are asked for with the body field ``sim_fault``: an unknown field the proxy passes
 through untouched. The proxy here makes one attempt per call and never opens a breaker,
-so each fault maps straight to its answer (retries and breakers are tested elsewhere).
+so each fault maps straight to its answer (retries and breakers are tested elsewhere):
+the ``edge_proxy`` fixture.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -22,9 +22,8 @@ import httpx2
 import openai
 import pytest
 
-from proxy.simulator import SimulatorThread
 from tests.proxy.recorded import only_record
-from tests.support import Accounts, ProxyServer, running_proxy, seed_accounts, settings_for
+from tests.support import Accounts, ProxyServer, seed_accounts
 
 DEADLINE_SECONDS = 1.0
 OPENAI_MODEL = "gpt-4o-mini"
@@ -61,22 +60,11 @@ FAULTS: list[tuple[str, int, str, dict[str, str]]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def failing(
-    db_url: str, simulator: SimulatorThread, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyServer]:
-    """A proxy with a one-second upstream deadline, one attempt per call, no breaker."""
-    settings = settings_for(
-        db_url,
-        simulator.base_url,
-        Path(tmp_path_factory.mktemp("failing-proxy")),
-        upstream_first_byte_timeout_seconds=DEADLINE_SECONDS,
-        upstream_read_timeout_seconds=DEADLINE_SECONDS,
-        retry_max_attempts=1,
-        breaker_failure_threshold=1_000_000,
-    )
-    with running_proxy(settings) as server:
-        yield server
+@pytest.fixture()
+def failing(edge_proxy: ProxyServer) -> ProxyServer:
+    """One attempt per call, no breaker, a one-second upstream deadline."""
+    assert edge_proxy.state.settings.upstream_first_byte_timeout_seconds == DEADLINE_SECONDS
+    return edge_proxy
 
 
 @pytest.fixture()
