@@ -1,8 +1,10 @@
 """The response cache end to end: the real SDKs against the proxy on Redis and embedded.
 
-Each mode gets its own proxy and its own simulator (reset before every test, so
-``/_sim/stats`` counts this test's upstream calls only). Redis mode runs on
-PostgreSQL and Redis database 12; embedded mode on SQLite and in-process storage.
+Each mode gets its own proxy and database, and the module its own simulator (reset
+before every test, so ``/_sim/stats`` counts this test's upstream calls only). Redis
+mode runs on PostgreSQL and Redis database 12; embedded mode on SQLite and in-process
+storage. ``acct``, ``oai``, ``claude`` and ``http`` here shadow the conftest fixtures
+of the same names: the same things, on this module's proxies.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from proxy.cache import cache_key
 from proxy.cache_store import ENTRY_PREFIX
 from proxy.simulator import SimulatorThread
 from shared import accounts
-from shared.accounts import Limits
+from shared.accounts import Limits, TierPolicy
 from shared.db import transaction
 from shared.models import Tenant
 from tests.support import (
@@ -447,18 +449,16 @@ def _tenant_id(gw: ProxyServer, acct: Accounts) -> int:
         return int(session.scalar(select(Tenant.id).where(Tenant.name == acct.tenant)) or 0)
 
 
+@pytest.mark.parametrize("gw", ["redis"], indirect=True)
 @pytest.mark.parametrize(("header", "expected_ms"), [("7", 7_000), ("999999", 86_400_000)])
 def test_ttl_header_sets_the_redis_expiry_capped_by_the_setting(
-    request: pytest.FixtureRequest,
     gw: ProxyServer,
+    cache_redis: redis.Redis,
     http: httpx.Client,
     acct: Accounts,
     header: str,
     expected_ms: int,
 ) -> None:
-    if gw.state.redis is None:
-        pytest.skip("Redis mode only")
-    cache_redis: redis.Redis = request.getfixturevalue("cache_redis")
     body = {"model": GPT, "messages": [{"role": "user", "content": f"ttl {header}"}]}
     response = http.post(
         "/v1/chat/completions",
@@ -558,8 +558,7 @@ def test_waiters_fall_through_when_the_leader_fails(
 def _marking_tier(gw: ProxyServer) -> Accounts:
     acct = seed_accounts(gw.state.engine)  # no response cache: every call goes upstream
     with transaction(gw.state.engine) as session:
-        accounts.get_tier(session, acct.tier).is_prompt_cache_marked = True
-        accounts.announce_change(session)
+        accounts.update_tier(session, acct.tier, Limits(), TierPolicy(is_prompt_cache_marked=True))
     return acct
 
 

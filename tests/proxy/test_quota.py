@@ -172,6 +172,7 @@ def test_a_spent_budget_refuses_once_spent_not_before(proxy: ProxyServer) -> Non
     statuses = [outcome.status for outcome in outcomes]
     assert statuses[0] == 200 and 429 in statuses
     assert statuses == sorted(statuses)  # served until spent, refused from then on
+    proxy.flush()
     _, spent = recorded_spend(proxy.state.engine, user_id=acct.user_id)
     assert 0 < spent <= Decimal("0.10")
 
@@ -245,9 +246,11 @@ def test_settle_releases_the_unused_hold_at_once(
     with client_for(dialect, proxy.base_url, acct.key) as client:
         outcome = ask(client, model=DEAR[dialect], stream=stream, max_tokens=200)
     assert outcome.status == 200
-    record, _ = proxy.record(outcome.record_id)
-    tokens, usd, held_tokens, held_usd = counters(proxy, f"user:{acct.user_id}")
-    assert (held_tokens, held_usd) == (0, 0)
+    # A stream settles as its last event leaves: the client may read it a moment before.
+    record = wait_for(lambda: written(proxy, outcome.record_id))
+    tokens, usd, held_tokens, held_usd = wait_for(
+        lambda: (found := counters(proxy, f"user:{acct.user_id}"))[2:] == (0, 0) and found
+    )
     assert (tokens, usd) == (
         record.prompt_tokens + record.completion_tokens,
         to_units(record.cost_usd),
@@ -433,6 +436,12 @@ def assert_quota_refusal(outcome: Outcome, dialect: str, named: str) -> None:
     assert int(outcome.headers["retry-after"]) >= 1
     assert named in outcome.message
     assert "-01 (UTC)" in outcome.message and "resets on" in outcome.message
+
+
+def written(proxy: ProxyServer, record_id: str) -> RequestRecord | None:
+    proxy.flush()
+    with Session(proxy.state.engine) as session:
+        return session.get(RequestRecord, record_id)
 
 
 def calls_recorded(proxy: ProxyServer, acct: Account) -> int:
