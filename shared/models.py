@@ -185,6 +185,10 @@ class RequestRecord(Base):
     is_flagged: Mapped[bool] = mapped_column(Boolean, default=False)
     output_valid: Mapped[bool | None] = mapped_column(Boolean)
     answered_model: Mapped[str | None] = mapped_column(String(200))
+    # The provider's id of the answer (chatcmpl-…, msg_…, resp_…), for lookups and isolation.
+    response_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    # A replay made from the console links to the record it replays.
+    replay_of: Mapped[str | None] = mapped_column(String(36), index=True)
     upstream_request_id: Mapped[str | None] = mapped_column(String(200))
     attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
@@ -248,3 +252,59 @@ class Flag(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (UniqueConstraint("record_id", "reason", name="uq_flags_record_reason"),)
+
+
+class ConsoleUser(Base):
+    """A person who signs in to the console. Passwords are stored as argon2 hashes."""
+
+    __tablename__ = "console_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(500))
+    role: Mapped[str] = mapped_column(String(16))  # admin / support / viewer
+    is_disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """Who changed what, when: before -> after."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    target_type: Mapped[str] = mapped_column(String(50))
+    target_id: Mapped[str | None] = mapped_column(String(200))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Feedback(Base):
+    """An app's score for one answer (``POST /v1/feedback``)."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_id: Mapped[str] = mapped_column(String(36), index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AlertDelivery(Base):
+    """One alert (scope + threshold + period), delivered exactly once to the webhooks."""
+
+    __tablename__ = "alert_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_key: Mapped[str] = mapped_column(String(300), unique=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending/delivered/failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -62,6 +62,8 @@ class CallRecord(BaseModel):
     is_flagged: bool = False
     output_valid: bool | None = None
     answered_model: str | None = None
+    response_id: str | None = None
+    replay_of: str | None = None
     upstream_request_id: str | None = None
     attempts: list[dict[str, Any]] | None = None
     request_body: str | None = None
