@@ -574,10 +574,20 @@ def serve() -> None:
 )
 @click.option("--threads", default=32, show_default=True, type=click.IntRange(min=1))
 def serve_proxy(host: str, port: int, workers: int, worker_class: str, threads: int) -> None:
-    """Serve the proxy with gunicorn (migrates the database first)."""
+    """Serve the proxy with gunicorn (migrates the database first).
+
+    Without METERGATE_REDIS_URL, limits, quotas and the cache live in process
+    memory, so the proxy runs one worker (with threads) to keep them exact.
+    """
     from proxy.server import run_gunicorn
 
-    upgrade(Settings().effective_database_url)
+    settings = Settings()
+    if settings.is_embedded and workers > 1:
+        click.echo(
+            "no METERGATE_REDIS_URL: running 1 worker so in-process limits stay exact", err=True
+        )
+        workers = 1
+    upgrade(settings.effective_database_url)
     run_gunicorn(host=host, port=port, workers=workers, worker_class=worker_class, threads=threads)
 
 

@@ -162,9 +162,11 @@ def test_rate_limit_refusals(
     remaining = int(refused.headers[f"x-ratelimit-remaining-{openai_type}"])
     assert remaining == 0 if openai_type == "requests" else remaining < 113  # what it asked
     assert f"x-ratelimit-limit-{openai_type}" in refused.headers
-    if case == "too large":
+    if case == "too large":  # waiting cannot help: the SDKs must not retry
         assert refused.headers["x-should-retry"] == "false"
         assert "Request too large" in refused.message
+    else:
+        assert "x-should-retry" not in refused.headers
     if case == "end user rpm":
         assert "end user 'alice'" in refused.message
     record, _ = local.record(refused.record_id)

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 def test_gunicorn_workers_serve_and_flush_records_on_sigterm(
-    pg_url: str, simulator: SimulatorThread, tmp_path: Path
+    pg_url: str, redis_url: str, simulator: SimulatorThread, tmp_path: Path
 ) -> None:
     upgrade(pg_url)
     engine = make_engine(pg_url)
@@ -37,6 +37,7 @@ def test_gunicorn_workers_serve_and_flush_records_on_sigterm(
         **os.environ,
         "METERGATE_DATABASE_URL": pg_url.replace("postgresql+psycopg://", "postgresql://"),
         "METERGATE_DATA_DIR": str(tmp_path),
+        "METERGATE_REDIS_URL": redis_url,
         "OPENAI_API_KEY": PROVIDER_OPENAI_KEY,
         "OPENAI_BASE_URL": simulator.base_url + "/v1",
         "METERGATE_RECORD_FLUSH_SECONDS": "5",  # records stay queued until shutdown flushes them
