@@ -79,6 +79,8 @@ def main() -> None:
         level=Settings().log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    for chatty in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 # -- db ---------------------------------------------------------------------------------
