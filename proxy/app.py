@@ -14,19 +14,23 @@ from werkzeug.exceptions import HTTPException
 from proxy.cache import build_response_cache
 from proxy.config_cache import ConfigCache
 from proxy.errors import ANTHROPIC, OPENAI, GatewayError, MethodNotAllowed, NotFound
+from proxy.metrics import Metrics
 from proxy.pipeline import Gateway, Pipeline, begin
 from proxy.providers import build_providers
 from proxy.providers.base import Provider
 from proxy.quota import Quotas, build_quotas
 from proxy.ratelimit import RateLimits, build_rate_limits
+from proxy.read_deadline import ReadDeadlines
 from proxy.recorder import RecordWriter
 from proxy.resilience import Resilience
-from proxy.routes import anthropic, openai
+from proxy.response_owners import build_response_owners
+from proxy.routes import admin, anthropic, feedback, openai
 from shared.db import engine_for
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 EXTENSION = "metergate"
+REDIS_NOT_USED = "not used (embedded mode)"
 
 
 @dataclass(slots=True)
@@ -89,6 +93,7 @@ def create_app(
         providers=providers,
         writer=writer,
         max_body_bytes=settings.max_body_bytes,
+        read_deadlines=ReadDeadlines(settings.body_read_timeout_seconds),
         trust_forwarded_for=settings.trust_forwarded_for,
         redis=redis_client,
         cache=build_response_cache(settings, redis_client),
@@ -97,7 +102,9 @@ def create_app(
         resilience=Resilience.from_settings(settings),
         rate_limits=build_rate_limits(app, settings, redis_client),
         quotas=build_quotas(settings, engine, config, redis_client),
+        owners=build_response_owners(engine, redis_client, settings.response_owner_ttl_seconds),
     )
+    gateway.metrics = Metrics(writer, gateway.resilience.breakers, config.model)
     state = AppState(
         settings,
         engine,
@@ -116,6 +123,8 @@ def create_app(
 
     app.register_blueprint(openai.blueprint)
     app.register_blueprint(anthropic.blueprint)
+    app.register_blueprint(feedback.blueprint)
+    app.register_blueprint(admin.blueprint)
     _register_health(app, state)
     _register_error_handlers(app, state)
     return app
@@ -135,8 +144,9 @@ def _register_health(app: Flask, state: AppState) -> None:
             checks["database"] = "ok"
         except Exception as exc:  # readiness reports, it does not raise
             checks["database"] = f"unavailable: {type(exc).__name__}"
+        checks["redis"] = _redis_state(state.redis)
         checks["record_writer"] = "spooling" if state.writer.is_db_down else "ok"
-        is_ready = checks["database"] == "ok"
+        is_ready = checks["database"] == "ok" and checks["redis"] in ("ok", REDIS_NOT_USED)
         body = {
             "status": "ready" if is_ready else "not ready",
             "checks": checks,
@@ -144,6 +154,22 @@ def _register_health(app: Flask, state: AppState) -> None:
             "spool_files": len(state.writer.spool_files()),
         }
         return body, 200 if is_ready else 503
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        assert state.pipeline.gateway.metrics is not None
+        text_format, content_type = state.pipeline.gateway.metrics.render()
+        return Response(text_format, content_type=content_type)
+
+
+def _redis_state(redis: Redis | None) -> str:
+    if redis is None:
+        return REDIS_NOT_USED
+    try:
+        redis.ping()
+    except Exception as exc:  # readiness reports, it does not raise
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"
 
 
 def _dialect_for_path(path: str) -> str:
@@ -166,6 +192,8 @@ def _register_error_handlers(app: Flask, state: AppState) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
+        if admin.is_admin_path(request.path):  # the admin API answers for itself, unrecorded
+            return admin.http_error(exc)
         if exc.code == 404:
             return refuse(
                 NotFound(f"Unknown route: {request.method} {request.path}.", code="unknown_route")
@@ -177,4 +205,6 @@ def _register_error_handlers(app: Flask, state: AppState) -> None:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         log.exception("event=unhandled_error path=%s", request.path)
+        if admin.is_admin_path(request.path):
+            return admin.internal_error()
         return refuse(GatewayError("The gateway failed to handle this request."))

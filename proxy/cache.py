@@ -45,8 +45,12 @@ KEY_VERSION = 1
 IGNORED_FIELDS = frozenset(
     {"stream", "stream_options", "user", "safety_identifier", "prompt_cache_key"}
 )
-# Endpoints whose answers may be cached: each needs a stream replayer in ``proxy.replay``.
-CACHEABLE_ENDPOINTS = frozenset({"chat.completions", "messages"})
+# Endpoints whose answers may be cached: each that streams needs a replayer in
+# ``proxy.replay`` (embeddings never stream).
+CACHEABLE_ENDPOINTS = frozenset({"chat.completions", "messages", "responses", "embeddings"})
+# Answers not (yet) finished are never stored: a background response still queued, a
+# failed or cancelled one (the Responses API's ``status``).
+UNFINISHED_STATUSES = frozenset({"queued", "in_progress", "failed", "cancelled"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,12 @@ def cache_key(
         "body": fields,
     }
     return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def is_finished(answer: JsonObject) -> bool:
+    """False for an answer the provider has not finished, or finished with a failure."""
+    status = answer.get("status")
+    return not (isinstance(status, str) and status in UNFINISHED_STATUSES)
 
 
 def cache_directives(headers: dict[str, str]) -> frozenset[str]:
@@ -213,7 +223,7 @@ class ResponseCache:
             return
         ticket.is_settled = True
         try:
-            if entry is not None and ticket.ttl_seconds > 0:
+            if entry is not None and ticket.ttl_seconds > 0 and is_finished(entry.body):
                 self._store.put(ticket.key, entry.to_bytes(), ticket.ttl_seconds)
         except CacheUnavailable as exc:
             log.warning("event=cache_unavailable op=store error=%s", exc)

@@ -38,12 +38,22 @@ class Charge:
 
 
 def charge_for(facts: RequestFacts, principal: Principal, *, attempts: int = 1) -> Charge:
-    """The charge for one call that may ask the provider up to ``attempts`` times."""
+    """The charge for one call that may ask the provider up to ``attempts`` times.
+
+    A free call (``facts.is_billed`` false: token counting) is charged nothing; one
+    without a completion (embeddings) only its prompt.
+    """
+    if not facts.is_billed:
+        return Charge(prompt_tokens=0, completion_tokens=0)
     ceiling = principal.limits.max_tokens
     completion = facts.max_tokens or ceiling or DEFAULT_COMPLETION_TOKENS
     if ceiling is not None:
         completion = min(completion, ceiling)
-    prompt = estimate_prompt_tokens(facts.prompt_text) + REQUEST_OVERHEAD_TOKENS
+    if not facts.has_completion:
+        completion = 0
+    prompt = (
+        estimate_prompt_tokens(facts.prompt_text) + facts.prompt_token_ids + REQUEST_OVERHEAD_TOKENS
+    )
     return Charge(prompt_tokens=prompt * attempts, completion_tokens=completion * attempts)
 
 

@@ -14,7 +14,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import accounts, screening
+from shared import accounts, audit, console_users, screening
 from shared.accounts import MODERATION_CHOICES, AccountError, Limits, TierPolicy
 from shared.db import engine_for, transaction, upgrade
 from shared.keys import ENVIRONMENTS
@@ -270,6 +270,80 @@ def user_list(as_json: bool) -> None:
     _emit(rows, as_json, ("id", "email", "tenant", "tier"))
 
 
+# -- console users ----------------------------------------------------------------------
+
+
+@main.group("console-user")
+def console_user() -> None:
+    """People who sign in to the console (viewer, support, admin)."""
+
+
+@console_user.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(console_users.ROLES), required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--oidc-only", is_flag=True, help="No password: signs in through OIDC only.")
+def console_user_create(name: str, role: str, password_stdin: bool, oidc_only: bool) -> None:
+    """Create a console account (asks for the password unless told otherwise)."""
+    if password_stdin and oidc_only:
+        raise click.UsageError("--password-stdin and --oidc-only exclude each other")
+    password: str | None = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif not oidc_only:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    with _session() as session:
+        row = console_users.create_console_user(session, name, role, password)
+        audit.record(
+            session,
+            "cli",
+            "console_user.create",
+            "console_user",
+            row.name,
+            after={"name": row.name, "role": row.role, "has_password": bool(password)},
+        )
+        click.echo(f"created console user {row.name} ({row.role})", err=True)
+
+
+@console_user.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def console_user_list(as_json: bool) -> None:
+    """List console accounts (never their password hashes)."""
+    with _session() as session:
+        rows = [
+            {
+                "name": u.name,
+                "role": u.role,
+                "password": u.password_hash is not None,
+                "disabled": u.is_disabled,
+            }
+            for u in console_users.list_console_users(session)
+        ]
+    _emit(rows, as_json, ("name", "role", "password", "disabled"))
+
+
+@console_user.command("disable")
+@click.argument("name")
+def console_user_disable(name: str) -> None:
+    """Stop an account from signing in; its open console sessions end at their next click."""
+    with _session() as session:
+        row = console_users.find_console_user(session, name)
+        if row is None:
+            raise AccountError(f"no console user named {name!r}")
+        was_disabled = row.is_disabled
+        row.is_disabled = True
+        audit.record(
+            session,
+            "cli",
+            "console_user.disable",
+            "console_user",
+            name,
+            before={"disabled": was_disabled},
+            after={"disabled": True},
+        )
+        click.echo(f"disabled console user {name}", err=True)
+
+
 # -- keys -------------------------------------------------------------------------------
 
 
@@ -396,7 +470,7 @@ def model() -> None:
 @click.option("--cache-write-per-mtok", type=DECIMAL, help="Cache-write price (default: input).")
 @click.option(
     "--fallbacks",
-    help="Comma-separated models (same provider) tried in order when this one keeps "
+    help="Comma-separated models (either provider) tried in order when this one keeps "
     "failing; '' clears the chain (default: unchanged).",
 )
 def model_add(

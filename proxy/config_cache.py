@@ -12,15 +12,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from proxy.errors import GatewayError
 from shared.accounts import CONFIG_STATE_ID, get_global_monthly_usd
 from shared.catalogue import ModelEntry
 from shared.keys import hash_key
@@ -205,7 +208,7 @@ class ConfigCache:
     def models(self) -> dict[str, ModelEntry]:
         models = self._models
         if models is None:
-            with Session(self._engine) as session:
+            with self._reading() as session:
                 rows = session.scalars(select(ModelPrice)).all()
                 models = {row.name: ModelEntry.from_row(row) for row in rows}
             self._models = models
@@ -218,7 +221,7 @@ class ConfigCache:
         """The deployment's monthly USD cap (None: no cap); cached like the rest."""
         cached = self._global_cap
         if cached is None:
-            with Session(self._engine) as session:
+            with self._reading() as session:
                 cached = (get_global_monthly_usd(session),)
             self._global_cap = cached
         return cached[0]
@@ -229,7 +232,7 @@ class ConfigCache:
         if rules is None:
             specs = self._rule_specs
             if specs is None:
-                with Session(self._engine) as session:
+                with self._reading() as session:
                     specs = load_rule_specs(session)
                 self._rule_specs = specs
             rules = compile_rules(rules_for_tenant(specs, tenant_id))
@@ -285,8 +288,23 @@ class ConfigCache:
             state = session.get(ConfigState, CONFIG_STATE_ID)
             return None if state is None else state.version
 
+    @contextmanager
+    def _reading(self) -> Iterator[Session]:
+        """A session for a config read on the hot path: 503 ``config_unavailable`` when the
+        database cannot answer (what is cached keeps serving meanwhile)."""
+        try:
+            with Session(self._engine) as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise GatewayError(
+                "The gateway cannot read its configuration right now; please retry shortly.",
+                status=503,
+                code="config_unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
+
     def _load_principal(self, digest: str) -> Principal | None:
-        with Session(self._engine) as session:
+        with self._reading() as session:
             row = session.execute(
                 select(ApiKey, User, Tier, Tenant)
                 .join(User, ApiKey.user_id == User.id)

@@ -30,6 +30,7 @@ class CallContext:
     client_ip: str | None = None
     user_agent: str | None = None
     session_id: str | None = None
+    replay_of: str | None = None  # the record a console replay links to (x-metergate-replay-of)
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started: float = field(default_factory=time.perf_counter)
@@ -47,6 +48,7 @@ class CallContext:
     cost_usd: Decimal = Decimal(0)
     response_body: str | None = None
     upstream_request_id: str | None = None
+    response_id: str | None = None  # the provider's id of the answer (chatcmpl-…, resp_…)
     is_cached: bool = False
     cache_saved_usd: Decimal = Decimal(0)  # a hit: the original cost; else prompt-cache savings
     cache: CacheTicket | None = None  # None: the response cache plays no part in this call
@@ -97,6 +99,7 @@ class CallContext:
             cache_write_tokens=self.usage.cache_write_tokens,
             cost_usd=self.cost_usd,
             session_id=self.session_id,
+            replay_of=self.replay_of,
             end_user=facts.end_user if facts else None,
             latency_ms=latency_ms,
             upstream_latency_ms=self.upstream_seconds * 1000.0 if self.upstream_seconds else None,
@@ -107,6 +110,7 @@ class CallContext:
             is_cached=self.is_cached,
             cache_saved_usd=self.cache_saved_usd,
             upstream_request_id=self.upstream_request_id,
+            response_id=self.response_id,
             attempts=self.attempts,
             refusal_reason=self.refusal_reason,
             flag_reasons=list(dict.fromkeys(self.flag_reasons)) or None,

@@ -1,7 +1,9 @@
 """Stage: check a chat answer against the JSON schema its request asked for.
 
 A request with ``response_format`` ``{"type": "json_schema", "json_schema": {"schema": …}}``
-expects every choice's message content to be a JSON document valid against the schema.
+expects every choice's message content to be a JSON document valid against the schema;
+a Responses request with ``text.format`` ``{"type": "json_schema", "schema": …}``, every
+message item's text.
 The pipeline asks again (non-streamed calls, ``METERGATE_OUTPUT_RETRIES`` times) while
 the answer is invalid, then serves what it has with ``x-metergate-output-valid`` and,
 when invalid, the flag ``invalid_output``. Streams are checked once assembled: flag only.
@@ -67,11 +69,14 @@ def compile_validator(schema: dict[str, Any]) -> Validator | None:
 
 
 def is_valid_answer(validator: Validator, answer: dict[str, Any]) -> bool | None:
-    """Whether each choice's content is JSON valid against the schema.
+    """Whether each choice's content (a response's message text) is JSON valid against
+    the schema.
 
     None when there is nothing to check: no choices, or only refusals and tool calls
     (the schema governs the content, and a refusal is an answer the model may give).
     """
+    if isinstance(answer.get("output"), list):
+        return _is_valid_response(validator, answer["output"])
     verdict: bool | None = None
     choices = answer.get("choices")
     for choice in choices if isinstance(choices, list) else ():
@@ -84,6 +89,23 @@ def is_valid_answer(validator: Validator, answer: dict[str, Any]) -> bool | None
         if not isinstance(content, str):
             return False
         is_valid = _is_valid_document(validator, content)
+        if is_valid is False:
+            return False
+        verdict = verdict or is_valid
+    return verdict
+
+
+def _is_valid_response(validator: Validator, output: list[Any]) -> bool | None:
+    """The Responses API's form: each message item's text, its output_text parts joined."""
+    verdict: bool | None = None
+    for item in output:
+        if not isinstance(item, dict) or item.get("type") != "message":
+            continue  # reasoning, function calls: not governed by the schema
+        parts = [part for part in item.get("content") or [] if isinstance(part, dict)]
+        texts = [str(part.get("text", "")) for part in parts if part.get("type") == "output_text"]
+        if not texts:
+            continue  # a refusal
+        is_valid = _is_valid_document(validator, "".join(texts))
         if is_valid is False:
             return False
         verdict = verdict or is_valid

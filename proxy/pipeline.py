@@ -1,18 +1,23 @@
 """The one pipeline every proxied call goes through. The order of stages is written here.
 
     read body -> authenticate (per-IP limit on failures) -> parse -> endpoint reads request
-    -> resolve model -> rate limits -> screen -> cache lookup -> reserve quota
+    -> resolve model -> rate limits -> the stored answer built on must be the tenant's
+    -> screen -> cache lookup -> reserve quota
     -> upstream -> check output schema (ask again while invalid) -> price
     -> answer (whole, or streamed event by event) -> record
 
 Every path ends in exactly one record: answered, refused, failed upstream,
-cut off mid-stream, or broken by a bug in the gateway.
+cut off mid-stream, or broken by a bug in the gateway. The record carries the
+provider's id of the answer; ids of answers the provider keeps (Responses API) are
+remembered with the caller's tenant before they leave (proxy.response_owners).
+Calls on stored answers by id take the stages that apply (proxy.stored_responses).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -26,9 +31,18 @@ from proxy.cache import CacheEntry, ResponseCache
 from proxy.charge import Charge, charge_for
 from proxy.config_cache import ConfigCache
 from proxy.context import CallContext
-from proxy.endpoints.base import Endpoint, JsonObject, StreamReader
+from proxy.endpoints.base import Endpoint, JsonObject, StreamReader, answer_id
 from proxy.endpoints.sse import iter_events
-from proxy.errors import AuthenticationFailed, GatewayError, error_body, render_error
+from proxy.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    NotFound,
+    UpstreamFailure,
+    UpstreamRejected,
+    error_body,
+    render_error,
+)
+from proxy.metrics import Metrics
 from proxy.output_schema import (
     INVALID_OUTPUT,
     OUTPUT_VALID_HEADER,
@@ -39,10 +53,13 @@ from proxy.prompt_cache import mark_system_prompt
 from proxy.providers.base import Provider, UpstreamError, UpstreamResponse, UpstreamUnreachable
 from proxy.quota import Quotas
 from proxy.ratelimit import RateLimits
+from proxy.read_deadline import ReadDeadlines
 from proxy.recorder import RecordWriter
 from proxy.replay import replay_stream
 from proxy.resilience import Resilience, fallback_chain
+from proxy.response_owners import ResponseOwners
 from proxy.screen import moderator_of, screen
+from proxy.translate import Bridge, Crossing, bridge_for
 from proxy.upstream import failure_for, forwarded_headers, invalid_answer, passed_response_headers
 from proxy.validate import parse_json_object, read_body, resolve_model
 from shared.catalogue import ModelEntry
@@ -52,6 +69,8 @@ from shared.tokens import estimate_prompt_tokens, estimate_tokens
 log = logging.getLogger(__name__)
 
 STREAM_COST_HEADER_VALUE = "pending"
+REPLAY_OF_HEADER = "x-metergate-replay-of"
+UPSTREAM_ERROR_FLAG = "upstream_error"
 
 
 @dataclass(slots=True)
@@ -71,6 +90,9 @@ class Gateway:
     output_retries: int = 1
     validators: SchemaValidators = field(default_factory=SchemaValidators)
     resilience: Resilience = field(default_factory=Resilience.default)
+    owners: ResponseOwners | None = None  # None: no stored answer is served to anyone
+    metrics: Metrics | None = None  # None: calls are not counted (tests of other stages)
+    read_deadlines: ReadDeadlines | None = None  # None: a body may take as long as it likes
 
 
 def begin(request: Request, dialect: str, endpoint: str, trust_forwarded_for: bool) -> CallContext:
@@ -84,7 +106,21 @@ def begin(request: Request, dialect: str, endpoint: str, trust_forwarded_for: bo
         client_ip=client_ip,
         user_agent=(request.headers.get("User-Agent") or "")[:500] or None,
         session_id=(request.headers.get("x-metergate-session-id") or "")[:200] or None,
+        replay_of=replay_link(request.headers.get(REPLAY_OF_HEADER)),
     )
+
+
+def replay_link(value: str | None) -> str | None:
+    """The record a console replay links to: kept only when it is a UUID (a record id).
+
+    Any key may send the header, and the proxy cannot check it without SQL on the hot
+    path; the link is informational (the console lists a record's replays). It moves
+    no money: the call is billed to the key that made it, like any other.
+    """
+    try:
+        return str(uuid.UUID(value)) if value else None
+    except ValueError:
+        return None
 
 
 def gateway_headers(ctx: CallContext, cost: str | None = None) -> dict[str, str]:
@@ -114,7 +150,7 @@ class Pipeline:
         is_streaming = False
         try:
             request_headers = _lower_headers(request)
-            ctx.raw_body = read_body(request, gw.max_body_bytes)
+            ctx.raw_body = read_body(request, gw.max_body_bytes, gw.read_deadlines)
             try:
                 ctx.principal = authenticate(gw.config, request_headers)
             except AuthenticationFailed:
@@ -125,6 +161,8 @@ class Pipeline:
             ctx.facts = endpoint.read_request(body, request_headers)
             ctx.model = resolve_model(gw.config, ctx.principal, ctx.facts.model, endpoint.provider)
             self._limit_rate(ctx)
+            if ctx.facts.previous_response_id is not None:
+                self.require_owner(ctx, ctx.facts.previous_response_id, "previous_response_id")
             ctx.flag_reasons += screen(
                 ctx.facts,
                 ctx.principal,
@@ -162,6 +200,7 @@ class Pipeline:
         ctx.error_code = error.code
         ctx.error_message = error.message
         ctx.refusal_reason = ctx.refusal_reason or error.refusal_reason
+        _flag_upstream_failure(ctx, error)
         response = render_error(error, ctx.dialect)
         ctx.response_body = response.get_data(as_text=True)
         response.headers.update(error.headers)
@@ -173,9 +212,13 @@ class Pipeline:
         """The end of every path: settle usage against limits and quotas, then log the call."""
         self._settle_usage(ctx)
         try:
-            self.gateway.writer.submit(ctx.to_record())
+            record = ctx.to_record()
+            self.gateway.writer.submit(record)
         except Exception:  # building the record must never take the answer down
             log.exception("event=record_build_failed request_id=%s", ctx.id)
+            return
+        if self.gateway.metrics is not None:  # every call is counted here, from its record
+            self.gateway.metrics.observe(record)
 
     # -- rate limits and quotas --------------------------------------------------------
 
@@ -195,9 +238,9 @@ class Pipeline:
 
     def _reserve(self, ctx: CallContext) -> None:
         quotas = self.gateway.quotas
-        if quotas is None:
-            return
         assert ctx.principal is not None and ctx.facts is not None and ctx.model is not None
+        if quotas is None or not ctx.facts.is_billed:
+            return
         # Priced at the dearest model that may answer: the one asked for or a fallback.
         fallbacks = (self.gateway.config.model(name) for name in ctx.model.fallbacks)
         models = [ctx.model, *(model for model in fallbacks if model is not None)]
@@ -229,16 +272,33 @@ class Pipeline:
         The answer is taken far enough to know it arrived (a whole body read, a stream's
         first chunk), so that a failure up to there is still retried: nothing has reached
         the client yet. Sets ``ctx.answered_model``; appends to ``ctx.attempts``.
+
+        A fallback of the other provider gets the request translated into its dialect
+        (``proxy.translate``); its answer is translated back by the caller of ``_send``.
         """
         assert ctx.model is not None and ctx.principal is not None and ctx.facts is not None
         is_stream = ctx.facts.is_stream
-        chain = fallback_chain(ctx.model, self.gateway.config.model, ctx.principal.may_use)
+        crossing = Crossing(
+            endpoint,
+            ctx.facts,
+            body,
+            default_max_tokens=charge_for(ctx.facts, ctx.principal).completion_tokens,
+            is_prompt_cache_marked=ctx.principal.is_prompt_cache_marked,
+            request_id=ctx.id,
+        )
+        chain = fallback_chain(
+            ctx.model, self.gateway.config.model, ctx.principal.may_use, crossing.can_serve
+        )
 
         def send(model: ModelEntry, seconds_left: float) -> UpstreamResponse:
-            upstream = provider.send(
-                endpoint.upstream_path,
-                {**body, "model": model.upstream_model},
-                headers,
+            path, payload, sent_headers = endpoint.upstream_path, body, headers
+            if model.provider != endpoint.provider:
+                path, payload = crossing.request(model)
+                sent_headers = forwarded_headers(model.provider, headers)
+            upstream = self.gateway.providers[model.provider].send(
+                path,
+                {**payload, "model": model.upstream_model},
+                sent_headers,
                 timeout_seconds=seconds_left,
             )
             upstream.prefetch(is_stream=is_stream)
@@ -246,12 +306,18 @@ class Pipeline:
 
         if ctx.attempts is None:
             ctx.attempts = []
+        first = len(ctx.attempts)
         started = time.perf_counter()
         try:
             ctx.answered_model, upstream = self.gateway.resilience.call(chain, send, ctx.attempts)
             return upstream
+        except UpstreamRejected as error:
+            if ctx.attempts and crossing.is_translated(ctx.attempts[-1]["model"]):
+                raise crossing.rejection(error) from error
+            raise
         finally:
             ctx.upstream_seconds += time.perf_counter() - started
+            crossing.note(ctx.attempts[first:])
 
     def _answer(
         self,
@@ -263,10 +329,14 @@ class Pipeline:
     ) -> Response:
         assert ctx.model is not None and ctx.facts is not None
         fetched = self._fetch(ctx, endpoint, provider, body, headers)
-        ctx.usage = endpoint.read_usage(fetched.answer)
+        ctx.usage = fetched.usage
         if ctx.facts.output_schema is not None:
             fetched = self._conform(ctx, endpoint, provider, body, headers, fetched)
         upstream, raw = fetched.upstream, fetched.raw
+        self._note_answer_id(ctx, answer_id(fetched.answer), endpoint.keeps_answers)
+        summary = endpoint.recorded_answer(fetched.answer)
+        if summary is not None:
+            ctx.response_body = orjson.dumps(summary).decode()
         ctx.cost_usd = price_usage(ctx.usage, ctx.answered_model or ctx.model)
         ctx.cache_saved_usd = price_prompt_cache_savings(ctx.usage, ctx.answered_model or ctx.model)
         ctx.first_token_at = time.perf_counter()
@@ -304,7 +374,16 @@ class Pipeline:
             raise invalid_answer("the body is not valid JSON") from exc
         if not isinstance(answer, dict):
             raise invalid_answer("the body is not a JSON object")
-        return Fetched(upstream, raw, answer)
+        bridge = _bridge_of(ctx, endpoint)
+        if bridge is None:
+            return Fetched(upstream, raw, answer, endpoint.read_usage(answer))
+        # A fallback of the other provider answered: usage read from its own answer (it
+        # keeps cache writes, which the caller's dialect may have no field for).
+        usage = bridge.target.read_usage(answer)
+        answer = bridge.translate_answer(answer)
+        raw = orjson.dumps(answer)
+        ctx.response_body = raw.decode()
+        return Fetched(upstream, raw, answer, usage)
 
     def _conform(
         self,
@@ -333,7 +412,7 @@ class Pipeline:
             except GatewayError as error:
                 log.warning("event=output_retry_failed request_id=%s code=%s", ctx.id, error.code)
                 break
-            ctx.usage = _sum_usage(ctx.usage, endpoint.read_usage(fetched.answer))
+            ctx.usage = _sum_usage(ctx.usage, fetched.usage)
             is_valid = is_valid_answer(validator, fetched.answer)
         ctx.response_body = fetched.raw.decode("utf-8", "replace")
         ctx.upstream_request_id = _upstream_id(fetched.upstream)
@@ -361,10 +440,12 @@ class Pipeline:
         if "text/event-stream" not in upstream.content_type:
             upstream.close()
             raise invalid_answer(f"expected an event stream, got {upstream.content_type or '?'}")
+        bridge = _bridge_of(ctx, endpoint)
+        if bridge is not None:
+            return self._stream_translated(ctx, endpoint, bridge, upstream)
         reader = endpoint.stream_reader(ctx.facts)
-        response = Response(
-            self._relay(ctx, upstream, reader), status=200, mimetype="text/event-stream"
-        )
+        events = self._relay(ctx, upstream, reader, endpoint.keeps_answers)
+        response = Response(events, status=200, mimetype="text/event-stream")
         response.headers.update(passed_response_headers(upstream.headers))
         response.headers.update(gateway_headers(ctx, cost=STREAM_COST_HEADER_VALUE))
         response.headers["Cache-Control"] = "no-cache"
@@ -372,13 +453,22 @@ class Pipeline:
         return response
 
     def _relay(
-        self, ctx: CallContext, upstream: UpstreamResponse, reader: StreamReader
+        self,
+        ctx: CallContext,
+        upstream: UpstreamResponse,
+        reader: StreamReader,
+        keeps_answers: bool,
     ) -> Iterator[bytes]:
-        """Forward events as they come; record the assembled answer whatever happens."""
+        """Forward events as they come; record the assembled answer whatever happens.
+
+        The id of a kept answer is remembered before the event carrying it goes out.
+        """
         started = time.perf_counter()
         try:
             for event in iter_events(upstream.iter_bytes()):
                 out = reader.feed(event)
+                if ctx.response_id is None and reader.upstream_id is not None:
+                    self._note_answer_id(ctx, reader.upstream_id, keeps_answers)
                 if out is None:
                     continue
                 if ctx.first_token_at is None:
@@ -399,12 +489,72 @@ class Pipeline:
             ctx.upstream_seconds += time.perf_counter() - started
             self._settle_stream(ctx, reader)
 
+    def _note_answer_id(self, ctx: CallContext, response_id: str | None, is_kept: bool) -> None:
+        """Record the answer's id; remember a kept answer's tenant (before it is sent)."""
+        ctx.response_id = response_id[:200] if response_id else None
+        owners = self.gateway.owners
+        if is_kept and ctx.response_id and owners is not None and ctx.principal is not None:
+            owners.remember(ctx.response_id, ctx.principal.tenant_id)
+
+    def require_owner(self, ctx: CallContext, response_id: str, param: str | None) -> None:
+        """Pass when the caller's tenant owns the stored answer ``response_id``; else 404."""
+        assert ctx.principal is not None
+        if self.gateway.owners is None:
+            raise NotFound(f"Response with id '{response_id}' not found.", param=param)
+        self.gateway.owners.require(response_id, ctx.principal.tenant_id, param=param)
+
+    def _stream_translated(
+        self, ctx: CallContext, endpoint: Endpoint, bridge: Bridge, upstream: UpstreamResponse
+    ) -> Response:
+        """A fallback of the other provider streams its answer: read it whole with that
+        endpoint's reader, then replay it in the caller's dialect (``proxy.replay``).
+
+        The price of translating: the client's first byte waits for the whole answer. In
+        return a failure up to the last event is still a clean refusal, with a status.
+        """
+        assert ctx.facts is not None and ctx.model is not None
+        answered = ctx.answered_model or ctx.model
+        reader = bridge.target.stream_reader(ctx.facts)
+        started = time.perf_counter()
+        try:
+            for event in iter_events(upstream.iter_bytes()):
+                reader.feed(event)
+            if not reader.is_complete:
+                raise UpstreamUnreachable("the provider's stream ended before its last event")
+        except UpstreamError as exc:  # what was streamed so far was paid for
+            ctx.usage = partial_usage(reader.usage(), ctx.facts.prompt_text, reader.assembled())
+            ctx.cost_usd = price_usage(ctx.usage, answered)
+            raise failure_for(exc) from exc
+        finally:
+            upstream.close()
+            ctx.upstream_seconds += time.perf_counter() - started
+        answer = bridge.translate_answer(reader.assembled())
+        ctx.response_id = reader.upstream_id
+        ctx.usage = reader.usage()
+        ctx.cost_usd = price_usage(ctx.usage, answered)
+        ctx.cache_saved_usd = price_prompt_cache_savings(ctx.usage, answered)
+        ctx.response_body = orjson.dumps(answer).decode()
+        validator = self.gateway.validators.get(ctx.facts.output_schema or {})
+        if ctx.facts.output_schema is not None and validator is not None:
+            self._note_output(ctx, is_valid_answer(validator, answer))
+        ctx.first_token_at = time.perf_counter()
+        events = replay_stream(endpoint.name, answer, ctx.facts)
+        response = Response(events, status=200, mimetype="text/event-stream")
+        response.headers.update(passed_response_headers(upstream.headers))
+        response.headers.update(gateway_headers(ctx))
+        response.headers["Cache-Control"] = "no-cache"
+        self._settle_cache(ctx, answer)
+        self.record(ctx)
+        return response
+
     def _note_failure(self, ctx: CallContext, error: GatewayError) -> None:
         ctx.status, ctx.error_code, ctx.error_message = error.status, error.code, error.message
+        _flag_upstream_failure(ctx, error)
 
     def _settle_stream(self, ctx: CallContext, reader: StreamReader) -> None:
         assert ctx.model is not None and ctx.facts is not None
         assembled: JsonObject | None = None
+        ctx.response_id = ctx.response_id or reader.upstream_id
         try:
             assembled = reader.assembled()
             ctx.response_body = orjson.dumps(assembled).decode()
@@ -448,14 +598,17 @@ class Pipeline:
         assert ctx.facts is not None
         ctx.is_cached = True
         ctx.usage, ctx.cost_usd, ctx.cache_saved_usd = entry.usage, Decimal(0), entry.cost_usd
-        ctx.response_body = orjson.dumps(entry.body).decode()
+        ctx.response_id = answer_id(entry.body)
+        body = orjson.dumps(entry.body)
+        summary = endpoint.recorded_answer(entry.body)
+        ctx.response_body = orjson.dumps(summary).decode() if summary else body.decode()
         ctx.first_token_at = time.perf_counter()
         if ctx.facts.is_stream:
             events = replay_stream(endpoint.name, entry.body, ctx.facts)
             response = Response(events, status=200, mimetype="text/event-stream")
             response.headers["Cache-Control"] = "no-cache"
         else:
-            response = Response(ctx.response_body, status=200, mimetype="application/json")
+            response = Response(body, status=200, mimetype="application/json")
         response.headers.update(gateway_headers(ctx))
         self.record(ctx)
         return response
@@ -481,6 +634,7 @@ class Fetched:
     upstream: UpstreamResponse
     raw: bytes
     answer: JsonObject
+    usage: Usage  # translated answers: as the provider reported it, cache writes included
 
 
 def _sum_usage(first: Usage, second: Usage) -> Usage:
@@ -495,7 +649,7 @@ def _sum_usage(first: Usage, second: Usage) -> Usage:
 def partial_usage(usage: Usage, prompt_text: list[str], assembled: JsonObject) -> Usage:
     """Usage for a stream cut off before the provider reported it: estimate what's missing."""
     prompt = usage.prompt_tokens or estimate_prompt_tokens(prompt_text)
-    content = assembled.get("choices") or assembled.get("content") or []
+    content = assembled.get("choices") or assembled.get("content") or assembled.get("output") or []
     completion = usage.completion_tokens or estimate_tokens(orjson.dumps(content).decode())
     return Usage(prompt, completion, usage.cache_read_tokens, usage.cache_write_tokens)
 
@@ -506,6 +660,20 @@ def stream_error_event(error: GatewayError, dialect: str) -> bytes:
     if dialect == "anthropic":
         return b"event: error\ndata: " + payload + b"\n\n"
     return b"data: " + payload + b"\n\n"
+
+
+def _bridge_of(ctx: CallContext, endpoint: Endpoint) -> Bridge | None:
+    """The bridge back to the caller's dialect when a model of another provider answered."""
+    answered = ctx.answered_model
+    if answered is None or answered.provider == endpoint.provider:
+        return None
+    return bridge_for(endpoint.name, answered.provider)
+
+
+def _flag_upstream_failure(ctx: CallContext, error: GatewayError) -> None:
+    """A provider's failure (502/503/504) puts the call in support's flagged queue."""
+    if isinstance(error, UpstreamFailure):
+        ctx.flag_reasons.append(UPSTREAM_ERROR_FLAG)
 
 
 def _upstream_id(upstream: UpstreamResponse) -> str | None:

@@ -134,12 +134,14 @@ class Quotas:
         config: ConfigCache,
         *,
         reservation_ttl_seconds: float = 900.0,
+        is_fail_open: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self._engine = engine
         self._config = config
         self._ttl = reservation_ttl_seconds
+        self._is_fail_open = is_fail_open  # store unreachable: let calls through, unheld
         self._clock = clock
 
     def reserve(
@@ -149,8 +151,12 @@ class Quotas:
         end_user: str | None,
         models: Sequence[ModelEntry],
         charge: Charge,
-    ) -> Reservation:
-        """Hold ``charge`` (at the dearest of ``models``) in every scope, or raise QuotaExceeded."""
+    ) -> Reservation | None:
+        """Hold ``charge`` (at the dearest of ``models``) in every scope, or raise QuotaExceeded.
+
+        The store unreachable (or its counters missing and the SQL log down): 503
+        ``quota_unavailable``, or, failing open, None: the call goes on unheld (logged).
+        """
         now = self._clock()
         month = month_of(datetime.fromtimestamp(now, UTC))
         scopes = scopes_for(principal, end_user, self._config.global_monthly_usd())
@@ -167,8 +173,11 @@ class Quotas:
         ]
         try:
             shortfall = self._reserve(month, reservation_id, holds, now)
-        except RedisError as exc:
-            raise _store_down() from exc
+        except (RedisError, SQLAlchemyError, CountersMissing) as exc:
+            if not self._is_fail_open:
+                raise _store_down() from exc
+            log.warning("event=quota_unavailable policy=fail_open error=%s", type(exc).__name__)
+            return None
         if shortfall is not None:
             raise quota_refusal(scopes[shortfall.index], shortfall, charge, usd, month, now)
         return Reservation(
@@ -219,14 +228,9 @@ class Quotas:
         try:
             return self.store.reserve(month, reservation_id, holds, deadline, now, expire_at)
         except CountersMissing:
-            try:
-                self._ensure_built(month)
-            except SQLAlchemyError as exc:  # the ledger is down: no counters to check against
-                raise _store_down() from exc
-        try:
-            return self.store.reserve(month, reservation_id, holds, deadline, now, expire_at)
-        except CountersMissing as exc:
-            raise _store_down() from exc
+            self._ensure_built(month)  # SQLAlchemyError: the ledger is down, nothing to count
+        # CountersMissing again: another process is still rebuilding them.
+        return self.store.reserve(month, reservation_id, holds, deadline, now, expire_at)
 
     def _ensure_built(self, month: str) -> None:
         """Rebuild the month's counters here, or wait (bounded) for the process that is."""
@@ -254,6 +258,7 @@ def _store_down() -> GatewayError:
         "The gateway cannot check your quota right now; please retry shortly.",
         status=503,
         code="quota_unavailable",
+        headers={"Retry-After": "1"},
     )
 
 
@@ -307,4 +312,10 @@ def build_quotas(
 ) -> Quotas:
     """Quotas on the app's Redis, or in process in the embedded mode."""
     store: QuotaStore = RedisQuotaStore(redis) if redis is not None else MemoryQuotaStore()
-    return Quotas(store, engine, config, reservation_ttl_seconds=settings.reservation_ttl_seconds)
+    return Quotas(
+        store,
+        engine,
+        config,
+        reservation_ttl_seconds=settings.reservation_ttl_seconds,
+        is_fail_open=settings.limits_fail_open,
+    )

@@ -22,6 +22,7 @@ still counts as a request, as with the providers).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from proxy.errors import GatewayError, RateLimited
 from shared.settings import Settings
 
 WINDOW_SECONDS = 60
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,19 +153,30 @@ class RateLimits:
         limiter: Limiter,
         *,
         unauthenticated_rpm: int,
+        is_fail_open: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._requests: RateLimiter = limiter.limiter  # the moving window
         self._tokens = SlidingWindowCounterRateLimiter(limiter.storage)
         self._unauthenticated_rpm = unauthenticated_rpm
+        self._is_fail_open = is_fail_open  # Redis unreachable: let calls through, unlimited
         self._clock = clock
 
     def check(self, principal: Principal, end_user: str | None, tokens: int) -> RateGrant:
-        """Count one request and charge ``tokens``; RateLimited (429) past any limit."""
+        """Count one request and charge ``tokens``; RateLimited (429) past any limit.
+
+        Redis unreachable: 503 ``rate_limits_unavailable``, or, failing open, a grant that
+        limits nothing (logged).
+        """
         try:
             return self._check(principal, end_user, tokens)
         except RedisError as exc:
-            raise _store_down() from exc
+            if not self._is_fail_open:
+                raise _store_down() from exc
+            log.warning(
+                "event=rate_limits_unavailable policy=fail_open error=%s", type(exc).__name__
+            )
+            return RateGrant(charged_tokens=tokens)
 
     def correct(self, grant: RateGrant, actual_tokens: int) -> None:
         """Bring the token charge to what the call really used (once). Never raises."""
@@ -185,15 +198,18 @@ class RateLimits:
             return
 
     def check_unauthenticated(self, client_ip: str | None) -> None:
-        """Count a call whose key failed; RateLimited past the per-IP limit."""
+        """Count a call whose key failed; RateLimited past the per-IP limit.
+
+        Redis unreachable: returns, so the call is refused 401 all the same.
+        """
         item = RateLimitItemPerMinute(self._unauthenticated_rpm)
         ids = ("unauthenticated", client_ip or "unknown")
         try:
             if self._requests.hit(item, *ids):
                 return
             window = self._request_window(item, ids)
-        except RedisError as exc:
-            raise _store_down() from exc
+        except RedisError:
+            return
         raise RateLimited(
             f"Too many requests with a missing or invalid API key from {client_ip}: "
             f"the limit is {item.amount} per minute. Check the key you send, and try again "
@@ -322,6 +338,7 @@ def _store_down() -> GatewayError:
         "The gateway cannot check your rate limits right now; please retry shortly.",
         status=503,
         code="rate_limits_unavailable",
+        headers={"Retry-After": "1"},
     )
 
 
@@ -337,4 +354,8 @@ def build_rate_limits(app: Flask, settings: Settings, redis: Redis | None) -> Ra
         storage_uri=settings.redis_url or "memory://",
         storage_options=options,
     )
-    return RateLimits(limiter, unauthenticated_rpm=settings.unauthenticated_rpm)
+    return RateLimits(
+        limiter,
+        unauthenticated_rpm=settings.unauthenticated_rpm,
+        is_fail_open=settings.limits_fail_open,
+    )

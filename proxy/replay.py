@@ -11,6 +11,14 @@ the same answer:
   ``content_block_delta`` (``text_delta``, ``input_json_delta``, ``thinking_delta``,
   ``signature_delta``, ``citations_delta``) / ``content_block_stop``, then
   ``message_delta`` with the stop reason and usage, and ``message_stop``.
+- OpenAI responses: ``response.created``, ``response.in_progress``, per output item
+  ``response.output_item.added``, its text (``response.content_part.added``,
+  ``response.output_text.delta`` / ``.done`` or ``response.refusal.delta`` / ``.done``,
+  ``response.content_part.done``) or call arguments
+  (``response.function_call_arguments.delta`` / ``.done``), ``response.output_item.done``;
+  then ``response.completed`` (or ``response.incomplete``) carrying the whole response.
+  Items of other kinds (reasoning, built-in tool calls) arrive whole in their two item
+  events.
 """
 
 from __future__ import annotations
@@ -173,9 +181,75 @@ def _event(kind: str, payload: JsonObject) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
 
 
+# -- OpenAI responses ----------------------------------------------------------------------
+
+
+def openai_response_events(body: JsonObject, facts: RequestFacts) -> list[bytes]:
+    """The Responses event stream carrying the response ``body``."""
+    frames: list[bytes] = []
+
+    def emit(kind: str, **fields: Any) -> None:
+        payload = {"type": kind, "sequence_number": len(frames), **fields}
+        frames.append(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n")
+
+    pending = {**body, "status": "in_progress", "output": [], "usage": None}
+    pending["incomplete_details"] = None
+    emit("response.created", response=pending)
+    emit("response.in_progress", response=pending)
+    for index, item in enumerate(body.get("output") or []):
+        if isinstance(item, dict):
+            for kind, fields in _output_item_events(index, item):
+                emit(kind, **fields)
+    final = "response.incomplete" if body.get("status") == "incomplete" else "response.completed"
+    emit(final, response=body)
+    return frames
+
+
+def _output_item_events(index: int, item: JsonObject) -> Iterator[tuple[str, JsonObject]]:
+    kind = item.get("type")
+    where: JsonObject = {"item_id": item.get("id"), "output_index": index}
+    if kind == "message":
+        opening: JsonObject = {**item, "content": [], "status": "in_progress"}
+    elif kind == "function_call":
+        opening = {**item, "arguments": "", "status": "in_progress"}
+    else:
+        opening = item
+    yield "response.output_item.added", {"output_index": index, "item": opening}
+    if kind == "message":
+        for position, part in enumerate(item.get("content") or []):
+            if isinstance(part, dict):
+                yield from _content_part_events({**where, "content_index": position}, part)
+    elif kind == "function_call":
+        arguments = str(item.get("arguments") or "")
+        for piece in pieces(arguments):
+            yield "response.function_call_arguments.delta", {**where, "delta": piece}
+        done = {**where, "name": item.get("name"), "arguments": arguments}
+        yield "response.function_call_arguments.done", done
+    yield "response.output_item.done", {"output_index": index, "item": item}
+
+
+def _content_part_events(where: JsonObject, part: JsonObject) -> Iterator[tuple[str, JsonObject]]:
+    kind = part.get("type")
+    field = {"output_text": "text", "refusal": "refusal"}.get(str(kind))
+    opening = {**part, field: ""} if field is not None else part
+    yield "response.content_part.added", {**where, "part": opening}
+    if field == "text":
+        text = str(part.get("text") or "")
+        for piece in pieces(text):
+            yield "response.output_text.delta", {**where, "delta": piece, "logprobs": []}
+        yield "response.output_text.done", {**where, "text": text, "logprobs": []}
+    elif field == "refusal":
+        refusal = str(part.get("refusal") or "")
+        for piece in pieces(refusal):
+            yield "response.refusal.delta", {**where, "delta": piece}
+        yield "response.refusal.done", {**where, "refusal": refusal}
+    yield "response.content_part.done", {**where, "part": part}
+
+
 REPLAYERS: dict[str, Replayer] = {
     "chat.completions": openai_chat_events,
     "messages": anthropic_message_events,
+    "responses": openai_response_events,
 }
 
 

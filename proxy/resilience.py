@@ -166,14 +166,19 @@ def fallback_chain(
     primary: ModelEntry,
     lookup: Callable[[str], ModelEntry | None],
     may_use: Callable[[str], bool],
+    can_serve: Callable[[ModelEntry], bool] | None = None,
 ) -> list[ModelEntry]:
-    """The models to try: ``primary``, then its fallbacks that exist, are served by the same
-    provider (cross-provider needs body translation, not done) and the key may use.
-    Fallbacks of fallbacks are not followed."""
+    """The models to try: ``primary``, then its fallbacks that exist, the key may use and
+    ``can_serve`` accepts — by default those of the same provider; a model of another
+    provider needs the call translated (``proxy.translate``), which only some endpoints
+    can. Fallbacks of fallbacks are not followed."""
     chain = [primary]
     for name in primary.fallbacks:
         model = lookup(name)
-        if model is None or model.provider != primary.provider or not may_use(name):
+        if model is None or not may_use(name):
+            continue
+        is_servable = can_serve(model) if can_serve else model.provider == primary.provider
+        if not is_servable:
             continue
         if all(model.name != seen.name for seen in chain):
             chain.append(model)

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from werkzeug.serving import WSGIRequestHandler
 
+# prometheus_client's multiprocess directory (read by it, so not imported from proxy.metrics:
+# importing prometheus_client in the master before this is set would break the workers).
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONSOLE_SCRIPT = Path(__file__).resolve().parent.parent / "console" / "streamlit_app.py"
 
 
@@ -28,15 +37,70 @@ class ProxyApplication(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         from proxy.app import create_app
 
+        gunicorn_util.write_error = write_json_error  # in this worker: refusals are JSON too
         return create_app()
 
 
+# What gunicorn refuses before the app sees the request (no record: nothing reached it).
+_GUNICORN_CODES = {414: "request_line_too_long", 431: "request_header_fields_too_large"}
+
+
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it refuses itself (request line or headers over the
+    limits, malformed HTTP), as an OpenAI-shaped JSON error instead of its HTML page."""
+    error = {
+        "message": f"{reason}: {mesg}" if mesg else reason,
+        "type": "invalid_request_error" if status_int < 500 else "server_error",
+        "param": None,
+        "code": _GUNICORN_CODES.get(status_int, "invalid_http_request"),
+    }
+    body = orjson.dumps({"error": error})
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 def _worker_exit(server: Any, worker: Any) -> None:
-    """Flush the worker's queued records before it goes (graceful stop, max_requests)."""
+    """Flush the worker's queued records before it goes (graceful stop, max_requests),
+    and drop its live gauges from the metrics."""
     app = getattr(worker, "wsgi", None)
     state = getattr(app, "extensions", {}).get("metergate")
     if state is not None:
         state.close()
+    _forget_live_gauges(worker.pid)
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    """In the master: also for a worker killed before its worker_exit ran (timeout, OOM)."""
+    _forget_live_gauges(worker.pid)
+
+
+def _forget_live_gauges(pid: int) -> None:
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+@contextmanager
+def fresh_metrics_dir() -> Iterator[Path]:
+    """A new, empty ``PROMETHEUS_MULTIPROC_DIR`` for one server run, removed when it stops.
+
+    Set here, before the workers fork and before they import prometheus_client (which
+    picks its storage when imported), so every worker writes its metrics there and a
+    scrape of any worker sums them all. Values of an earlier run never leak in.
+    """
+    owner = os.getpid()
+    path = Path(tempfile.mkdtemp(prefix="metergate-metrics-"))
+    os.environ[MULTIPROC_DIR_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if os.getpid() == owner:  # a worker leaves through here too; only the master cleans
+            os.environ.pop(MULTIPROC_DIR_ENV, None)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def run_gunicorn(*, host: str, port: int, workers: int, worker_class: str, threads: int) -> None:
@@ -53,10 +117,12 @@ def run_gunicorn(*, host: str, port: int, workers: int, worker_class: str, threa
         "limit_request_field_size": 16384,
         "accesslog": None,
         "worker_exit": _worker_exit,
+        "child_exit": _child_exit,
     }
     if worker_class == "gevent":
         options["worker_connections"] = 2000
-    ProxyApplication(options).run()
+    with fresh_metrics_dir():
+        ProxyApplication(options).run()
 
 
 def run_console(*, host: str, port: int) -> int:

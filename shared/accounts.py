@@ -33,6 +33,10 @@ class AccountError(ValueError):
     """A write that cannot be done as asked (unknown name, duplicate, bad value)."""
 
 
+class AccountConflict(AccountError):
+    """The name is taken: a tenant, tier or user with it already exists."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Overridable limits. ``None`` means "not set here" (inherit, or unlimited on a tier)."""
@@ -107,7 +111,7 @@ def announce_change(session: Session) -> int:
 
 def create_tenant(session: Session, name: str, monthly_usd: Decimal | None = None) -> Tenant:
     if session.scalar(select(Tenant).where(Tenant.name == name)) is not None:
-        raise AccountError(f"tenant {name!r} already exists")
+        raise AccountConflict(f"tenant {name!r} already exists")
     if monthly_usd is not None and monthly_usd < 0:
         raise AccountError("monthly_usd must not be negative")
     tenant = Tenant(name=name, monthly_usd=monthly_usd, created_at=now_utc())
@@ -130,7 +134,7 @@ def create_tier(
     policy = policy or TierPolicy()
     policy.validate()
     if session.scalar(select(Tier).where(Tier.name == name)) is not None:
-        raise AccountError(f"tier {name!r} already exists")
+        raise AccountConflict(f"tier {name!r} already exists")
     tier = Tier(name=name, created_at=now_utc(), **limits.set_values(), **policy.column_values())
     session.add(tier)
     announce_change(session)
@@ -159,7 +163,7 @@ def get_tier(session: Session, name: str) -> Tier:
 
 def create_user(session: Session, email: str, tenant_name: str, tier_name: str) -> User:
     if session.scalar(select(User).where(User.email == email)) is not None:
-        raise AccountError(f"user {email!r} already exists")
+        raise AccountConflict(f"user {email!r} already exists")
     user = User(
         email=email,
         tenant=get_tenant(session, tenant_name),
@@ -234,13 +238,13 @@ def upsert_model(
     """Add a model or change its prices. Unset cache prices default to the input price.
 
     ``fallbacks`` (models tried in order when this one keeps failing upstream) must
-    already be in the catalogue and served by the same provider; ``None`` keeps the
-    current chain, ``[]`` clears it.
+    already be in the catalogue; they may be of the other provider (chat completions and
+    messages calls are then translated). ``None`` keeps the current chain, ``[]`` clears it.
     """
     if provider not in PROVIDERS:
         raise AccountError(f"provider must be one of {', '.join(PROVIDERS)}")
     if fallbacks is not None:
-        _check_fallbacks(session, name, provider, fallbacks)
+        _check_fallbacks(session, name, fallbacks)
     prices = [input_per_mtok, output_per_mtok, cached_input_per_mtok, cache_write_per_mtok]
     if any(p is not None and p < 0 for p in prices):
         raise AccountError("prices must not be negative")
@@ -263,20 +267,14 @@ def upsert_model(
     return row
 
 
-def _check_fallbacks(session: Session, name: str, provider: str, fallbacks: list[str]) -> None:
+def _check_fallbacks(session: Session, name: str, fallbacks: list[str]) -> None:
     if len(set(fallbacks)) != len(fallbacks):
         raise AccountError("fallbacks must not repeat a model")
     for fallback in fallbacks:
         if fallback == name:
             raise AccountError(f"model {name!r} cannot be its own fallback")
-        row = session.get(ModelPrice, fallback)
-        if row is None:
+        if session.get(ModelPrice, fallback) is None:
             raise AccountError(f"fallback model {fallback!r} is not in the catalogue; add it first")
-        if row.provider != provider:
-            # Cross-provider fallback would need the body translated between dialects.
-            raise AccountError(
-                f"fallback model {fallback!r} is served by {row.provider}, not {provider}"
-            )
 
 
 # -- limits on existing rows, caps -----------------------------------------------------

@@ -28,7 +28,7 @@ class ModelEntry:
     cached_input_per_mtok: Decimal
     cache_write_per_mtok: Decimal
     output_per_mtok: Decimal
-    # Models tried in order when this one keeps failing (same provider only).
+    # Models tried in order when this one keeps failing (of either provider).
     fallbacks: tuple[str, ...] = ()
 
     @classmethod

@@ -69,9 +69,10 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Apply migrations up to ``revision`` (idempotent), then seed the catalogue."""
+    """Apply migrations up to ``revision`` (idempotent), seed the catalogue, fill the rollups."""
     from shared.accounts import announce_change
     from shared.catalogue import seed_catalogue
+    from shared.rollup import backfill_if_empty
 
     ensure_sqlite_dir(url)
     command.upgrade(alembic_config(normalise_database_url(url)), revision)
@@ -80,5 +81,7 @@ def upgrade(url: str, revision: str = "head") -> None:
         with transaction(engine) as session:
             if seed_catalogue(session):
                 announce_change(session)
+        # Records logged before the rollups existed (migration 0003) are rolled up once.
+        backfill_if_empty(engine)
     finally:
         engine.dispose()

@@ -16,6 +16,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Float,
     ForeignKey,
@@ -23,7 +24,9 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    PrimaryKeyConstraint,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -308,3 +311,84 @@ class AlertDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# -- usage rollups (console dashboards; maintained by shared.rollup) --------------------
+
+# Latency histogram buckets in ms, log-spaced two per doubling from 0.25 ms to ~524 s.
+# Bucket 0 counts values below LATENCY_EDGES_MS[0], bucket i counts
+# [LATENCY_EDGES_MS[i-1], LATENCY_EDGES_MS[i]), the last counts everything above.
+LATENCY_EDGES_MS: tuple[float, ...] = tuple(2 ** (k / 2) for k in range(-4, 39))
+LATENCY_BUCKETS = len(LATENCY_EDGES_MS) + 1
+LATENCY_METRICS = ("total", "upstream", "overhead", "ttft")
+
+
+def latency_column(metric: str, bucket: int) -> str:
+    """The rollup column counting ``metric`` values in ``bucket`` (NULL means zero)."""
+    return f"lat_{metric}_{bucket:02d}"
+
+
+def _usage_sums() -> list[Column[Any]]:
+    return [
+        Column("requests", BigInteger, nullable=False),
+        Column("cache_hits", BigInteger, nullable=False),
+        # Tokens of calls that went upstream; cache hits are counted in cache_hit_tokens.
+        Column("prompt_tokens", BigInteger, nullable=False),
+        Column("completion_tokens", BigInteger, nullable=False),
+        Column("cache_read_tokens", BigInteger, nullable=False),
+        Column("cache_write_tokens", BigInteger, nullable=False),
+        Column("cache_hit_tokens", BigInteger, nullable=False),
+        Column("cost_usd", Money, nullable=False),
+        # cache_saved_usd of cache hits (response cache) and of other calls (prompt cache).
+        Column("response_cache_saved_usd", Money, nullable=False),
+        Column("prompt_cache_saved_usd", Money, nullable=False),
+    ]
+
+
+# One row per hour x tenant x user x key x model x provider x error code x refusal reason.
+# Missing ids are 0 and missing names "" so that the primary key can take them.
+usage_hourly_table = Table(
+    "usage_hourly",
+    Base.metadata,
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("tenant_id", Integer, nullable=False),
+    Column("user_id", Integer, nullable=False),
+    Column("key_id", Integer, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("provider", String(32), nullable=False),
+    # The record's error_code, "http_<status>" for an error without one, "" for success.
+    Column("error_code", String(100), nullable=False),
+    Column("refusal_reason", String(32), nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    *_usage_sums(),
+    *(
+        Column(latency_column(metric, bucket), Integer)
+        for metric in LATENCY_METRICS
+        for bucket in range(LATENCY_BUCKETS)
+    ),
+    PrimaryKeyConstraint(
+        "hour",
+        "tenant_id",
+        "user_id",
+        "key_id",
+        "model",
+        "provider",
+        "error_code",
+        "refusal_reason",
+    ),
+)
+
+# End users are many: their rollup is per day, without errors or latencies.
+end_user_daily_table = Table(
+    "usage_end_user_daily",
+    Base.metadata,
+    Column("day", DateTime(timezone=True), nullable=False),
+    Column("tenant_id", Integer, nullable=False),
+    Column("user_id", Integer, nullable=False),
+    Column("key_id", Integer, nullable=False),
+    Column("end_user", String(200), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("provider", String(32), nullable=False),
+    *_usage_sums(),
+    PrimaryKeyConstraint("day", "tenant_id", "user_id", "key_id", "end_user", "model", "provider"),
+)

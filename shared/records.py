@@ -2,7 +2,9 @@
 
 Records are keyed by the gateway's own UUID, and written with
 ``INSERT ... ON CONFLICT DO NOTHING``: writing a batch twice (after a crash
-between commit and spool clean-up) never duplicates a record.
+between commit and spool clean-up) never duplicates a record. The records an
+insert really added (``RETURNING id``) are added to the usage rollups in the
+same transaction, so a replayed batch never counts twice there either.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy import Engine, Insert, String
 from sqlalchemy.dialects import postgresql, sqlite
 
 from shared.models import Flag, RequestBody, RequestRecord
+from shared.rollup import add_records, as_utc
 
 BODY_FIELDS = ("request_body", "response_body")
 NON_COLUMN_FIELDS = {*BODY_FIELDS, "flag_reasons"}
@@ -100,6 +103,11 @@ def write_records(engine: Engine, records: Sequence[CallRecord]) -> None:
     for record in records:
         row = record.model_dump(exclude=NON_COLUMN_FIELDS)
         row["is_flagged"] = record.is_flagged or bool(record.flag_reasons)
+        # SQLite keeps wall-clock text: store UTC so it sorts and rolls up like PostgreSQL.
+        row["created_at"], row["finished_at"] = (
+            as_utc(record.created_at),
+            as_utc(record.finished_at),
+        )
         for name, length in _STRING_LENGTHS.items():
             value = row.get(name)
             if isinstance(value, str):
@@ -127,7 +135,12 @@ def write_records(engine: Engine, records: Sequence[CallRecord]) -> None:
         for reason in dict.fromkeys(record.flag_reasons or ())
     ]
     with engine.begin() as connection:
-        connection.execute(_insert(engine, RequestRecord.__table__), metadata_rows)
+        inserted = connection.execute(
+            _insert(engine, RequestRecord.__table__).returning(RequestRecord.__table__.c.id),
+            metadata_rows,
+        )
+        new_ids = set(inserted.scalars())
+        add_records(connection, [row for row in metadata_rows if row["id"] in new_ids])
         connection.execute(_insert(engine, RequestBody.__table__), body_rows)
         if flag_rows:
             connection.execute(_insert(engine, Flag.__table__), flag_rows)

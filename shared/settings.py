@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".metergate")
+MIN_ADMIN_TOKEN_CHARS = 32
 
 
 class Settings(BaseSettings):
@@ -53,6 +54,12 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(
         4 * 1024 * 1024, description="Largest request body accepted, in bytes (413 above)."
+    )
+    body_read_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest time a client may take to send its request body (408 after it), "
+        "so a client dripping its body cannot hold a worker.",
     )
     upstream_connect_timeout_seconds: float = Field(
         5.0, description="Connect timeout for upstream calls."
@@ -120,6 +127,11 @@ class Settings(BaseSettings):
         description="How long a call may hold its quota reservation before it expires "
         "(frees the hold of a crashed or abandoned call).",
     )
+    limits_fail_open: bool = Field(
+        False,
+        description="When Redis cannot be reached, let calls through without rate limits and "
+        "quotas (logged) instead of refusing them with 503.",
+    )
     trust_forwarded_for: bool = Field(
         False, description="Take the client IP from X-Forwarded-For (behind a trusted proxy)."
     )
@@ -156,12 +168,62 @@ class Settings(BaseSettings):
         description="Size bound of the in-process answer cache (embedded mode, no Redis); "
         "least recently used answers go first.",
     )
+    response_owner_ttl_seconds: int = Field(
+        30 * 24 * 3600,
+        ge=1,
+        description="How long the gateway remembers on its hot path which tenant owns each "
+        "Responses API id it returned (then it asks the request log).",
+    )
+    console_session_seconds: int = Field(
+        8 * 3600,
+        ge=60,
+        description="How long a console sign-in lasts before the console asks for it again.",
+    )
+    console_oidc: bool | None = Field(
+        None,
+        description="Offer OIDC sign-in (st.login) in the console; unset: on when "
+        ".streamlit/secrets.toml has an [auth] section.",
+    )
+    console_proxy_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="The proxy the console replays conversations through (its base URL, "
+        "without /v1).",
+    )
+    console_api_key: SecretStr = Field(
+        SecretStr(""),
+        description="The gateway key (mg-…) replays are sent and billed with: a key of a "
+        "tenant and user kept for the console. Unset: replay is off.",
+    )
+    console_replay_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="How long the console waits for a replayed conversation's answer.",
+    )
+    admin_token: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer token of the admin REST API under /admin/v1, at least 32 characters "
+        "(unset: the admin API refuses every call).",
+    )
+    feedback_flag_below: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Feedback scores (0 to 1) below this flag the record for support "
+        "(reason low_feedback).",
+    )
     log_level: str = Field("INFO", description="Application log level.")
 
     @field_validator("database_url")
     @classmethod
     def _normalise_database_url(cls, value: str) -> str:
         return normalise_database_url(value)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() and len(value.get_secret_value()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(f"the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters")
+        return value
 
     @property
     def effective_database_url(self) -> str:

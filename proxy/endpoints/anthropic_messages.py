@@ -33,6 +33,7 @@ class Messages:
     dialect = "anthropic"
     provider = "anthropic"
     upstream_path = "/v1/messages"
+    keeps_answers = False
 
     def read_request(self, body: JsonObject, headers: dict[str, str]) -> RequestFacts:
         model = require_model(body)
@@ -75,6 +76,9 @@ class Messages:
 
     def stream_reader(self, facts: RequestFacts) -> MessageStreamReader:
         return MessageStreamReader()
+
+    def recorded_answer(self, answer: JsonObject) -> JsonObject | None:
+        return None
 
 
 class MessageStreamReader:

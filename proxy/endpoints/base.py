@@ -28,6 +28,15 @@ class RequestFacts:
     message_count: int = 0
     # The JSON schema the answer's content must follow (OpenAI ``response_format``).
     output_schema: JsonObject | None = None
+    # A stored answer the request builds on (Responses ``previous_response_id``): it must
+    # belong to the caller's tenant.
+    previous_response_id: str | None = None
+    # Tokens sent as token ids rather than text (embeddings of token arrays).
+    prompt_token_ids: int = 0
+    # False: the answer has no completion tokens to allow for (embeddings).
+    has_completion: bool = True
+    # False: a free call (token counting): no token charge, no quota hold, no cost.
+    is_billed: bool = True
 
 
 class StreamReader(Protocol):
@@ -57,6 +66,9 @@ class Endpoint(Protocol):
     dialect: str  # the caller's dialect for errors: "openai" or "anthropic"
     provider: str  # the provider serving this route
     upstream_path: str  # relative to the provider SDK's base URL
+    # True: the provider keeps answers by id (Responses API), so the gateway remembers
+    # which tenant each id it hands out belongs to.
+    keeps_answers: bool
 
     def read_request(self, body: JsonObject, headers: dict[str, str]) -> RequestFacts:
         """Validate and read the body; raises InvalidRequest naming the field."""
@@ -71,6 +83,10 @@ class Endpoint(Protocol):
     def read_usage(self, answer: JsonObject) -> Usage: ...
 
     def stream_reader(self, facts: RequestFacts) -> StreamReader: ...
+
+    def recorded_answer(self, answer: JsonObject) -> JsonObject | None:
+        """What the request log keeps of a whole answer; None: the answer as it came."""
+        ...
 
 
 def text_of(content: Any) -> list[str]:
@@ -88,6 +104,12 @@ def text_of(content: Any) -> list[str]:
                     elif isinstance(value, list):
                         texts.extend(text_of(value))
     return texts
+
+
+def answer_id(answer: JsonObject) -> str | None:
+    """The provider's id of an answer (``chatcmpl-…``, ``msg_…``, ``resp_…``), if any."""
+    value = answer.get("id")
+    return value if isinstance(value, str) and value else None
 
 
 def int_or_none(value: Any) -> int | None:

@@ -64,6 +64,7 @@ class ChatCompletions:
     dialect = "openai"
     provider = "openai"
     upstream_path = "/chat/completions"
+    keeps_answers = False
 
     def read_request(self, body: JsonObject, headers: dict[str, str]) -> RequestFacts:
         model = require_model(body)
@@ -115,6 +116,9 @@ class ChatCompletions:
 
     def stream_reader(self, facts: RequestFacts) -> ChatStreamReader:
         return ChatStreamReader(facts)
+
+    def recorded_answer(self, answer: JsonObject) -> JsonObject | None:
+        return None
 
 
 class ChatStreamReader:

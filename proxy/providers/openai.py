@@ -49,9 +49,9 @@ class OpenAIProvider:
         timeout = clipped_timeout(self._timeout, timeout_seconds)
         return send_raw(self._client, "POST", path, body, headers, ERRORS, timeout)
 
-    def get(self, path: str, headers: dict[str, str]) -> UpstreamResponse:
+    def request(self, method: str, path: str, headers: dict[str, str]) -> UpstreamResponse:
         self._require_key()
-        return send_raw(self._client, "GET", path, None, headers, ERRORS)
+        return send_raw(self._client, method, path, None, headers, ERRORS)
 
     def moderate(self, inputs: list[str]) -> list[str]:
         """The categories OpenAI's moderation endpoint flags in ``inputs`` (sorted; [] if none).

@@ -39,6 +39,8 @@ def send_raw(
     try:
         if method == "GET":
             response = client.get(path, cast_to=httpx2.Response, options=options)
+        elif method == "DELETE":
+            response = client.delete(path, cast_to=httpx2.Response, options=options)
         else:
             response = client.post(path, cast_to=httpx2.Response, body=body, options=options)
     except status_error as exc:

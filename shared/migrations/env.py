@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from shared.models import Base
+from shared.search import include_in_autogenerate
 
 config = context.config
 target_metadata = Base.metadata
@@ -21,6 +22,7 @@ def run_migrations_offline() -> None:
         target_metadata=target_metadata,
         literal_binds=True,
         render_as_batch=True,
+        include_name=include_in_autogenerate,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -34,7 +36,10 @@ def run_migrations_online() -> None:
     )
     with connectable.connect() as connection:
         context.configure(
-            connection=connection, target_metadata=target_metadata, render_as_batch=True
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=True,
+            include_name=include_in_autogenerate,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -80,7 +80,6 @@ def test_proxy_config_reads_the_chain(engine: Engine) -> None:
     [
         (["self"], "its own fallback"),
         (["missing"], "not in the catalogue"),
-        (["claude"], "served by anthropic"),
         (["gpt", "gpt"], "must not repeat"),
     ],
 )
@@ -91,6 +90,13 @@ def test_bad_fallbacks_are_refused(engine: Engine, chain: list[str], message: st
     real = {"self": primary, "missing": "no-such-model", "claude": claude, "gpt": gpt}
     with pytest.raises(AccountError, match=message):
         add(engine, primary, fallbacks=[real[name] for name in chain])
+
+
+def test_fallbacks_may_be_models_of_the_other_provider(engine: Engine) -> None:
+    primary, claude = names(2)
+    add(engine, claude, provider="anthropic")
+    add(engine, primary, fallbacks=[claude])
+    assert fallbacks_of(engine, primary) == [claude]
 
 
 def test_cli_model_add_takes_fallbacks(engine: Engine, db_url: str) -> None:
