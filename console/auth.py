@@ -41,6 +41,39 @@ class SignIn:
     signed_in_at: float  # time.time()
 
 
+# -- which role opens which page ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PageSpec:
+    """A page of ``console/app_pages`` and the least role that opens it."""
+
+    file: str
+    title: str
+    icon: str
+    role: str
+    section: str
+    is_hidden: bool = False
+
+
+PAGES = (
+    PageSpec("spend.py", "Spend", ":material/payments:", "viewer", "Dashboards"),
+    PageSpec("latency.py", "Latency", ":material/speed:", "viewer", "Dashboards"),
+    PageSpec("cache.py", "Cache", ":material/cached:", "viewer", "Dashboards"),
+    PageSpec("export.py", "Export", ":material/download:", "viewer", "Dashboards"),
+    PageSpec("conversations.py", "Conversations", ":material/forum:", "support", "Support"),
+    PageSpec("session.py", "Session", ":material/timeline:", "support", "Support", True),
+    PageSpec("flagged.py", "Flagged", ":material/flag:", "support", "Support"),
+    PageSpec("tiers.py", "Tiers", ":material/layers:", "admin", "Admin"),
+    PageSpec("overrides.py", "Overrides", ":material/tune:", "admin", "Admin"),
+    PageSpec("caps.py", "Caps", ":material/savings:", "admin", "Admin"),
+    PageSpec("keys.py", "Keys", ":material/key:", "admin", "Admin"),
+    PageSpec("prices.py", "Prices", ":material/sell:", "admin", "Admin"),
+    PageSpec("users.py", "Users and tenants", ":material/group:", "admin", "Admin"),
+    PageSpec("audit.py", "Audit", ":material/history:", "admin", "Admin"),
+)
+
+
 # -- the gate (run by streamlit_app.py on every run) ------------------------------------
 
 

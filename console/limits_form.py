@@ -31,6 +31,18 @@ def present(value: Any) -> Any:
     return None if value is None or pd.isna(value) else value
 
 
+def optional_number(label: str, *, key: str, current: float | None, **options: Any) -> float | None:
+    """A number input showing ``current`` that may be emptied (``None``).
+
+    Streamlit lets a person empty a number input only when its default is ``None``,
+    so the current value goes in through Session State, once per appearance.
+    """
+    if key not in st.session_state:
+        st.session_state[key] = current
+    value: float | None = st.number_input(label, value=None, key=key, **options)
+    return value
+
+
 def limit_inputs(
     prefix: str,
     current: Mapping[str, Any],
@@ -46,27 +58,26 @@ def limit_inputs(
     fields = [*INTEGER_LIMITS[:3], ("monthly_usd", "Monthly USD"), *INTEGER_LIMITS[3:]]
     for index, (name, label) in enumerate(fields):
         hint = _hint(empty_means, present(inherited.get(name)))
+        now = present(current.get(name))
         with columns[index % 3]:
             if name == "monthly_usd":
-                usd = present(current.get(name))
-                entered = st.number_input(
+                entered = optional_number(
                     label,
+                    key=f"{prefix}-{name}",
+                    current=None if now is None else float(now),
                     min_value=0.0,
-                    value=None if usd is None else float(usd),
                     step=1.0,
                     format="%.2f",
-                    key=f"{prefix}-{name}",
                     help=hint,
                 )
                 values[name] = None if entered is None else Decimal(str(round(entered, 8)))
             else:
-                number = present(current.get(name))
-                entered = st.number_input(
+                entered = optional_number(
                     label,
-                    min_value=0,
-                    value=None if number is None else int(number),
-                    step=1,
                     key=f"{prefix}-{name}",
+                    current=None if now is None else int(now),
+                    min_value=0,
+                    step=1,
                     help=hint,
                 )
                 values[name] = None if entered is None else int(entered)

@@ -8,7 +8,6 @@ of another page lands on the first allowed one). Each page checks the role again
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -18,35 +17,7 @@ from console import actions, auth
 PAGES_DIR = Path(__file__).parent / "app_pages"
 
 
-@dataclass(frozen=True, slots=True)
-class PageSpec:
-    file: str
-    title: str
-    icon: str
-    role: str
-    section: str
-    is_hidden: bool = False
-
-
-PAGES = (
-    PageSpec("spend.py", "Spend", ":material/payments:", "viewer", "Dashboards"),
-    PageSpec("latency.py", "Latency", ":material/speed:", "viewer", "Dashboards"),
-    PageSpec("cache.py", "Cache", ":material/cached:", "viewer", "Dashboards"),
-    PageSpec("export.py", "Export", ":material/download:", "viewer", "Dashboards"),
-    PageSpec("conversations.py", "Conversations", ":material/forum:", "support", "Support"),
-    PageSpec("session.py", "Session", ":material/timeline:", "support", "Support", True),
-    PageSpec("flagged.py", "Flagged", ":material/flag:", "support", "Support"),
-    PageSpec("tiers.py", "Tiers", ":material/layers:", "admin", "Admin"),
-    PageSpec("overrides.py", "Overrides", ":material/tune:", "admin", "Admin"),
-    PageSpec("caps.py", "Caps", ":material/savings:", "admin", "Admin"),
-    PageSpec("keys.py", "Keys", ":material/key:", "admin", "Admin"),
-    PageSpec("prices.py", "Prices", ":material/sell:", "admin", "Admin"),
-    PageSpec("users.py", "Users and tenants", ":material/group:", "admin", "Admin"),
-    PageSpec("audit.py", "Audit", ":material/history:", "admin", "Admin"),
-)
-
-
-def navigation(role_pages: list[PageSpec]) -> dict[str, list[st.Page]]:
+def navigation(role_pages: list[auth.PageSpec]) -> dict[str, list[st.Page]]:
     sections: dict[str, list[st.Page]] = {}
     for spec in role_pages:
         path = PAGES_DIR / spec.file
@@ -75,6 +46,6 @@ with st.sidebar:
         auth.sign_out()
         st.rerun()
 
-current = st.navigation(navigation([p for p in PAGES if actor.can(p.role)]))
+current = st.navigation(navigation([p for p in auth.PAGES if actor.can(p.role)]))
 actions.show_notice()
 current.run()

@@ -13,8 +13,12 @@
 Every scope is counted, limited or not, so a cap set mid-month applies to the month's
 real usage. Holds carry a deadline (``reservation_ttl_seconds``) after which a crashed
 call's hold is dropped. Counters are rebuilt from the SQL log when the month's marker
-is missing (Redis emptied, or a new month): one process rebuilds under a lock, the
-others wait for it, and the call goes on once the counters are there.
+is missing (Redis emptied, or a new month): one process rebuilds under a lock (after
+a grace of a few record-writer flushes, so the records of calls that ended as Redis
+went away are in the log), the others wait for it, and the call goes on once the
+counters are there. Redis unreachable: 503 ``quota_unavailable``, or with
+``limits_fail_open`` no hold at all (the ledger still records the call, and the next
+rebuild counts it).
 """
 
 from __future__ import annotations
@@ -135,6 +139,7 @@ class Quotas:
         *,
         reservation_ttl_seconds: float = 900.0,
         is_fail_open: bool = False,
+        rebuild_grace_seconds: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -142,6 +147,7 @@ class Quotas:
         self._config = config
         self._ttl = reservation_ttl_seconds
         self._is_fail_open = is_fail_open  # store unreachable: let calls through, unheld
+        self._rebuild_grace = rebuild_grace_seconds
         self._clock = clock
 
     def reserve(
@@ -237,6 +243,10 @@ class Quotas:
         if self.store.try_lock(month, REBUILD_LOCK_SECONDS):
             try:
                 if not self.store.is_built(month):
+                    # Calls that ended just before (their settle lost with Redis, or failed)
+                    # reach the SQL log within the record writers' flush interval: wait
+                    # for them, so the rebuilt counters include them.
+                    time.sleep(self._rebuild_grace)
                     self.rebuild(month)
             finally:
                 self.store.unlock(month)
@@ -318,4 +328,6 @@ def build_quotas(
         config,
         reservation_ttl_seconds=settings.reservation_ttl_seconds,
         is_fail_open=settings.limits_fail_open,
+        # In process the counters start with the process: no call of it can be in flight.
+        rebuild_grace_seconds=0.5 + 2 * settings.record_flush_seconds if redis else 0.0,
     )

@@ -122,8 +122,9 @@ def flag_record(
     return flag
 
 
-def unflag(session: Session, actor: Actor, flag_id: int) -> None:
-    """Remove a flag (a mistaken one); the record stays flagged while it has others."""
+def unflag(session: Session, actor: Actor, flag_id: int) -> str:
+    """Remove a flag (a mistaken one); the record stays flagged while it has others.
+    Returns the record's id."""
     require_role(actor, SUPPORT)
     flag = _get(session, flag_id)
     before = _snapshot(flag)
@@ -134,6 +135,7 @@ def unflag(session: Session, actor: Actor, flag_id: int) -> None:
     if record is not None:
         record.is_flagged = bool(still_flagged)
     audit.record(session, actor, "flag.delete", "flag", flag_id, before=before)
+    return flag.record_id
 
 
 def assign_flag(session: Session, actor: Actor, flag_id: int, assignee: str | None) -> Flag:
@@ -210,7 +212,7 @@ def flag_queue(session: Session, query: FlagQuery) -> list[FlagView]:
 
 def flag_counts(session: Session) -> dict[str, int]:
     """How many flags are open and resolved."""
-    rows = session.execute(select(Flag.status, func.count()).group_by(Flag.status)).tuples()
+    rows = session.execute(select(Flag.status, func.count()).group_by(Flag.status)).all()
     counts = dict.fromkeys(STATUSES, 0)
     counts.update({status: int(count) for status, count in rows})
     return counts

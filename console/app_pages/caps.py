@@ -8,7 +8,7 @@ import streamlit as st
 
 from console import actions, data
 from console.auth import require_role
-from console.limits_form import present
+from console.limits_form import optional_number, present
 from shared import admin
 
 actor = require_role("admin")
@@ -39,10 +39,10 @@ st.subheader("Global cap")
 cap = data.global_cap()
 progress(float(spend["total"]["usd"].iloc[0]), cap)
 with st.form("global-cap"):
-    global_cap = st.number_input(
+    global_cap = optional_number(
         "Monthly USD for the whole deployment",
+        current=cap,
         min_value=0.0,
-        value=cap,
         step=10.0,
         format="%.2f",
         key="global-cap-usd",
@@ -73,10 +73,10 @@ else:
     name = st.selectbox("Tenant", tenants["name"].tolist(), key="cap-tenant")
     current = present(tenants.set_index("name").loc[name, "monthly_usd"])
     with st.form(f"tenant-cap-{name}"):
-        tenant_cap = st.number_input(
+        tenant_cap = optional_number(
             f"Monthly USD for {name}",
+            current=None if current is None else float(current),
             min_value=0.0,
-            value=None if current is None else float(current),
             step=10.0,
             format="%.2f",
             key=f"tenant-cap-{name}-usd",

@@ -8,7 +8,7 @@ import streamlit as st
 
 from console import actions, data
 from console.auth import require_role
-from console.limits_form import present
+from console.limits_form import optional_number, present
 from shared import admin
 from shared.catalogue import PROVIDERS
 
@@ -57,15 +57,16 @@ with st.form(f"price-{form_key}"):
     values: dict[str, Decimal | None] = {}
     for column, (field, label) in zip(st.columns(4), PRICE_INPUTS, strict=True):
         shown = present(current.get(field))
-        entered = column.number_input(
-            label,
-            min_value=0.0,
-            value=None if shown is None else float(shown),
-            step=0.01,
-            format="%.4f",
-            key=f"price-{form_key}-{field}",
-            help="Empty: the input price." if "cache" in field else None,
-        )
+        with column:
+            entered = optional_number(
+                label,
+                key=f"price-{form_key}-{field}",
+                current=None if shown is None else float(shown),
+                min_value=0.0,
+                step=0.01,
+                format="%.4f",
+                help="Empty: the input price." if "cache" in field else None,
+            )
         values[field] = None if entered is None else Decimal(str(round(entered, 6)))
     same_provider = prices[(prices["provider"] == provider) & (prices["name"] != name)]
     fallbacks = st.multiselect(

@@ -1,3 +1,8 @@
+"""Placeholder until the Spend page lands."""
+
 import streamlit as st
 
+from console.auth import require_role
+
+require_role("viewer")
 st.title("Spend")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from console import actions, data
 from console.auth import require_role
-from console.limits_form import limit_inputs, present
+from console.limits_form import limit_inputs, optional_number, present
 from shared import admin
 from shared.accounts import MODERATION_CHOICES, TierPolicy
 
@@ -32,12 +32,12 @@ def policy_inputs(prefix: str, current: dict[str, object]) -> TierPolicy:
     left, middle, right = st.columns(3)
     max_prompt = present(current.get("max_prompt_tokens"))
     with left:
-        max_prompt_tokens = st.number_input(
+        max_prompt_tokens = optional_number(
             "Max prompt tokens",
-            min_value=1,
-            value=None if max_prompt is None else int(float(str(max_prompt))),
-            step=1,
             key=f"{prefix}-max_prompt_tokens",
+            current=None if max_prompt is None else int(float(str(max_prompt))),
+            min_value=1,
+            step=1,
             help="Refuse prompts estimated above this. Empty: no limit.",
         )
     with middle:

@@ -68,9 +68,9 @@ def test_a_new_key_shows_its_secret_once_and_works_at_the_proxy(
     with transaction(console_engine) as session:
         key = session.scalars(select(ApiKey).where(ApiKey.name == "from-the-console")).one()
         entry = session.scalars(
-            select(AuditEntry).where(AuditEntry.action == "key.create").where(
-                AuditEntry.target_id == str(key.id)
-            )
+            select(AuditEntry)
+            .where(AuditEntry.action == "key.create")
+            .where(AuditEntry.target_id == str(key.id))
         ).one()
     assert entry.actor == actor.name and entry.before is None
     assert entry.after is not None and entry.after["prefix"] == key.prefix
@@ -93,9 +93,9 @@ def test_revoking_a_key_refuses_it_at_the_proxy_within_seconds(
     wait_for(lambda: status_of_call(console_proxy, acct.key) == 401, timeout=5)
     with transaction(console_engine) as session:
         entry = session.scalars(
-            select(AuditEntry).where(AuditEntry.action == "key.revoke").where(
-                AuditEntry.target_id == str(acct.key_id)
-            )
+            select(AuditEntry)
+            .where(AuditEntry.action == "key.revoke")
+            .where(AuditEntry.target_id == str(acct.key_id))
         ).one()
     assert entry.actor == actor.name
     assert entry.before is not None and entry.before["revoked_at"] is None

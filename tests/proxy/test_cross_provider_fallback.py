@@ -8,6 +8,7 @@ every test makes its own models, so breaker state never leaks between tests.
 
 from __future__ import annotations
 
+import ssl
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -70,8 +71,8 @@ def gateway(
 class Sim:
     """The module simulator's controls."""
 
-    def __init__(self, base_url: str) -> None:
-        self.http = httpx2.Client(base_url=base_url, timeout=10)
+    def __init__(self, base_url: str, tls: ssl.SSLContext) -> None:
+        self.http = httpx2.Client(base_url=base_url, timeout=10, verify=tls)
 
     def fail(self, model: str, fault: str = "500") -> None:
         """Every attempt at ``model`` in the next call fails with ``fault``."""
@@ -91,8 +92,8 @@ class Sim:
 
 
 @pytest.fixture()
-def sim(upstream: SimulatorThread) -> Iterator[Sim]:
-    control = Sim(upstream.base_url)
+def sim(upstream: SimulatorThread, tls: ssl.SSLContext) -> Iterator[Sim]:
+    control = Sim(upstream.base_url, tls)
     try:
         yield control
     finally:
@@ -180,16 +181,26 @@ def rid() -> str:
 
 
 @pytest.fixture()
-def oai(gateway: ProxyServer, acct: Accounts) -> Iterator[openai.OpenAI]:
+def oai(gateway: ProxyServer, acct: Accounts, tls: ssl.SSLContext) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(
-        base_url=gateway.base_url + "/v1", api_key=acct.key, max_retries=0
+        base_url=gateway.base_url + "/v1",
+        api_key=acct.key,
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(verify=tls),
     ) as client:
         yield client
 
 
 @pytest.fixture()
-def claude(gateway: ProxyServer, acct: Accounts) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=gateway.base_url, api_key=acct.key, max_retries=0) as client:
+def claude(
+    gateway: ProxyServer, acct: Accounts, tls: ssl.SSLContext
+) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(
+        base_url=gateway.base_url,
+        api_key=acct.key,
+        max_retries=0,
+        http_client=anthropic.DefaultHttpxClient(verify=tls),
+    ) as client:
         yield client
 
 
