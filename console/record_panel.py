@@ -181,11 +181,11 @@ def replay_section(
         request = ReplayRequest(s.id, model, edited if is_edited else None)
         try:
             with st.spinner("Replaying…"):
-                result = replay_record(data.engine(), actor, detail, request, data.settings())
+                sent = replay_record(data.engine(), actor, detail, request, data.settings())
         except (PermissionDenied, ReplayError) as exc:
             st.error(str(exc))
         else:
-            st.session_state[result_key] = result
+            st.session_state[result_key] = sent
             data.refresh_config()
     result: ReplayResult | None = st.session_state.get(result_key)
     if result is not None:

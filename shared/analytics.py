@@ -39,6 +39,7 @@ from shared.models import (
     LATENCY_EDGES_MS,
     LATENCY_METRICS,
     ApiKey,
+    ModelPrice,
     Tenant,
     User,
     end_user_daily_table,
@@ -77,11 +78,14 @@ class Filters:
 
 @dataclass(frozen=True, slots=True)
 class Labels:
-    """Display names of tenants, users and keys, by id."""
+    """Display names of tenants, users and keys by id, who owns what, and the models."""
 
     tenants: dict[int, str] = field(default_factory=dict)
     users: dict[int, str] = field(default_factory=dict)
     keys: dict[int, str] = field(default_factory=dict)
+    user_tenants: dict[int, int] = field(default_factory=dict)
+    key_users: dict[int, int] = field(default_factory=dict)
+    models: tuple[str, ...] = ()
 
     def name(self, dimension: Dimension, value: Any) -> str:
         if value is None:
@@ -96,15 +100,20 @@ class Labels:
 
 def load_labels(engine: Engine) -> Labels:
     with Session(engine) as session:
-        tenants = dict(session.execute(select(Tenant.id, Tenant.name)).tuples())
-        users = dict(session.execute(select(User.id, User.email)).tuples())
-        keys = {
-            key_id: f"{name} ({prefix}…)" if name else f"{prefix}…"
-            for key_id, name, prefix in session.execute(
-                select(ApiKey.id, ApiKey.name, ApiKey.prefix)
-            ).tuples()
-        }
-    return Labels(tenants=tenants, users=users, keys=keys)
+        tenants = {i: name for i, name in session.execute(select(Tenant.id, Tenant.name))}
+        users, user_tenants = {}, {}
+        for user_id, email, tenant_id in session.execute(
+            select(User.id, User.email, User.tenant_id)
+        ):
+            users[user_id], user_tenants[user_id] = email, tenant_id
+        keys, key_users = {}, {}
+        for key_id, name, prefix, user_id in session.execute(
+            select(ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.user_id)
+        ):
+            keys[key_id] = f"{name} ({prefix}…)" if name else f"{prefix}…"
+            key_users[key_id] = user_id
+        models = tuple(session.scalars(select(ModelPrice.name).order_by(ModelPrice.name)))
+    return Labels(tenants, users, keys, user_tenants, key_users, models)
 
 
 # -- building blocks --------------------------------------------------------------------

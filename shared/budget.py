@@ -44,7 +44,7 @@ def forecast_month_end(
 class Forecast:
     month: str
     spent_usd: float  # month to date
-    daily_rate_usd: float  # over the last RUN_RATE_WINDOW (or since the first call)
+    daily_rate_usd: float  # over the last RUN_RATE_WINDOW, or since the first call if later
     forecast_usd: float
     cap_usd: float | None  # the cap that applies to the filtered spend, if one does
     cap_scope: str  # "global", "tenant <name>" or ""
@@ -64,11 +64,11 @@ def month_forecast(engine: Engine, filters: Filters, now: datetime) -> Forecast:
         spent = session.scalar(
             select(cost).where(*owners, _hourly.c.hour >= month_start(month), _hourly.c.hour < now)
         )
-        first, recent = session.execute(
-            select(func.min(_hourly.c.hour), cost).where(
-                *owners, _hourly.c.hour >= window_start, _hourly.c.hour < now
-            )
-        ).one()
+        recent = session.scalar(
+            select(cost).where(*owners, _hourly.c.hour >= window_start, _hourly.c.hour < now)
+        )
+        # A newer owner's rate is taken over the time since its first call, not a full window.
+        first = session.scalar(select(func.min(_hourly.c.hour)).where(*owners))
         cap_usd, cap_scope = _applicable_cap(session, filters)
     recent_from = max(window_start, as_utc(first)) if first is not None else now
     window_days = max(now - recent_from, MIN_RUN_RATE_WINDOW) / timedelta(days=1)
@@ -155,7 +155,7 @@ def _month_spend(
     )
     return {
         int(owner): (int(tokens or 0), Decimal(str(usd or 0)))
-        for owner, tokens, usd in session.execute(query).tuples()
+        for owner, tokens, usd in session.execute(query)
     }
 
 
@@ -186,16 +186,16 @@ def _limits(
     if filters.key_ids:
         keys = keys.where(ApiKey.id.in_(filters.key_ids))
     if not (filters.user_ids or filters.key_ids):
-        limits += [("tenant", i, usd, None) for i, usd in session.execute(tenants).tuples()]
+        limits += [("tenant", i, usd, None) for i, usd in session.execute(tenants)]
     if not filters.key_ids:
         limits += [
             ("user", i, usd, tokens)
-            for i, usd, tokens, _ in session.execute(users).tuples()
+            for i, usd, tokens, _ in session.execute(users)
             if usd is not None or tokens is not None
         ]
     limits += [
         ("key", i, usd, tokens)
-        for i, usd, tokens, _, _ in session.execute(keys).tuples()
+        for i, usd, tokens, _, _ in session.execute(keys)
         if usd is not None or tokens is not None
     ]
     return limits

@@ -74,7 +74,7 @@ METRIC_SOURCES = {
     "overhead": "overhead_ms",
     "ttft": "ttft_ms",
 }
-_ZERO = literal_column("0")  # inline: ~180 bound zeros per row cost real time
+_ZERO: ColumnElement[int] = literal_column("0")  # inline: ~180 bound zeros per row cost real time
 _SQLITE_HOUR = "%Y-%m-%d %H:00:00.000000"  # SQLAlchemy's SQLite DATETIME text format
 _SQLITE_DAY = "%Y-%m-%d 00:00:00.000000"
 

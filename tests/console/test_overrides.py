@@ -57,9 +57,7 @@ def test_a_user_override_reaches_the_proxy_and_clearing_it_inherits_again(
     with transaction(console_engine) as session:
         user = accounts.get_user(session, acct.user)
         assert (user.rpm, user.models) == (500, ["gpt-4o-mini"])
-        entry = session.scalars(
-            select(AuditEntry).where(AuditEntry.target_id == acct.user)
-        ).one()
+        entry = session.scalars(select(AuditEntry).where(AuditEntry.target_id == acct.user)).one()
     assert (entry.action, entry.actor) == ("user.limits", actor.name)
     assert entry.before is not None and entry.after is not None
     assert (entry.before["rpm"], entry.after["rpm"]) == (None, 500)

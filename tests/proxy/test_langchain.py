@@ -34,7 +34,9 @@ def records_of(proxy: ProxyServer, key_id: int, count: int) -> list[RequestRecor
     def find() -> list[RequestRecord] | None:
         proxy.flush()
         with Session(proxy.state.engine, expire_on_commit=False) as session:
-            rows = list(session.scalars(select(RequestRecord).where(RequestRecord.key_id == key_id)))
+            rows = list(
+                session.scalars(select(RequestRecord).where(RequestRecord.key_id == key_id))
+            )
         return rows if len(rows) >= count else None
 
     rows = wait_for(find)

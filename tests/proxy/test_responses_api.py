@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -152,7 +153,8 @@ def test_async_create_and_stream_are_recorded(
         async with new_async_openai(acct.key) as client:
             whole = await client.responses.with_raw_response.create(model=MODEL, input="async hi")
             async with client.responses.stream(model=MODEL, input="async stream") as stream:
-                text = "".join([event.delta async for event in stream if event.type == "response.output_text.delta"])  # noqa: E501
+                deltas = [e.delta async for e in stream if e.type == "response.output_text.delta"]
+                text = "".join(deltas)
                 final = await stream.get_final_response()
             return whole, final, text
 
@@ -387,3 +389,30 @@ def test_function_call_is_cached_with_the_tools_in_the_key(
     assert replayed.output[0].type == "function_call"
     assert other.headers["x-metergate-cache"] == "miss"
 
+
+def test_truncated_stream_raises_in_the_sdk_and_records_the_partial_response(
+    proxy: ProxyServer, oai: openai.OpenAI
+) -> None:
+    request_id = f"truncated-{uuid.uuid4()}"
+    kinds: list[str] = []
+    with pytest.raises(openai.APIError):
+        for event in oai.responses.create(
+            model=MODEL,
+            input="Tell me a long story.",
+            stream=True,
+            extra_body={"sim_fault": "truncate"},
+            extra_headers={"x-request-id": request_id},
+        ):
+            kinds.append(event.type)
+
+    assert kinds[0] == "response.created" and "response.completed" not in kinds
+    record, stored = only_record(proxy, request_id)
+    assert (record.status, record.error_code, record.is_stream) == (
+        502,
+        "upstream_unreachable",
+        True,
+    )
+    assert record.response_id and record.response_id.startswith("resp_")
+    assert record.prompt_tokens > 0 and record.completion_tokens > 0  # estimated
+    assert record.cost_usd > 0
+    assert stored is not None and json.loads(stored.response_body or "{}")["output"]

@@ -72,7 +72,9 @@ def test_usage_prices_cached_input_at_the_cached_rate_and_reasoning_as_output() 
     assert usage == Usage(prompt_tokens=2000, completion_tokens=700, cache_read_tokens=1024)
     entry = next(e for e in SEED_MODELS if e.name == "gpt-4o-mini")
     expected = (
-        976 * entry.input_per_mtok + 1024 * entry.cached_input_per_mtok + 700 * entry.output_per_mtok
+        976 * entry.input_per_mtok
+        + 1024 * entry.cached_input_per_mtok
+        + 700 * entry.output_per_mtok
     ) / Decimal(1_000_000)
     assert price_usage(usage, entry) == expected.quantize(Decimal("0.00000001"))
 

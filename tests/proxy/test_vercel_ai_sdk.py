@@ -85,7 +85,10 @@ def test_generate_text_and_stream_text_through_the_responses_route(
     by_stream = {record.is_stream: record for record in wait_for(records)}
     assert by_stream[False].response_id == generated["responseId"]
     assert by_stream[True].response_id == streamed["responseId"]
-    for record, usage in ((by_stream[False], generated["usage"]), (by_stream[True], streamed["usage"])):
+    for record, usage in (
+        (by_stream[False], generated["usage"]),
+        (by_stream[True], streamed["usage"]),
+    ):
         assert (record.endpoint, record.status) == ("responses", 200)
         assert record.prompt_tokens == usage["inputTokens"]
         assert record.completion_tokens == usage["outputTokens"]
