@@ -46,20 +46,26 @@ def _finish(figure: go.Figure, y_title: str, *, legend: str = "") -> go.Figure:
 
 
 def stacked_bars(
-    frame: pd.DataFrame, *, value: str, title: str, y_title: str, legend: str = ""
+    frame: pd.DataFrame,
+    *,
+    value: str,
+    title: str,
+    y_title: str,
+    legend: str = "",
+    color: str = "group",
 ) -> go.Figure:
-    """Bars per ``period``, stacked by ``group`` (the largest group at the bottom)."""
+    """Bars per ``period``, stacked by ``color`` (the largest group at the bottom)."""
     if frame.empty:
         return _empty(title)
-    order = frame.groupby("group")[value].sum().sort_values(ascending=False).index.tolist()
+    order = frame.groupby(color)[value].sum().sort_values(ascending=False).index.tolist()
     figure = px.bar(
         frame,
         x="period",
         y=value,
-        color="group",
+        color=color,
         title=title,
-        category_orders={"group": order},
-        labels={"group": legend or "group", value: y_title, "period": "time (UTC)"},
+        category_orders={color: order},
+        labels={color: legend or color, value: y_title, "period": "time (UTC)"},
     )
     figure.update_layout(barmode="stack")
     return _finish(figure, y_title, legend=legend)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 from sqlalchemy import Engine
@@ -98,9 +98,10 @@ def refusals(engine: Engine, filters: Filters) -> pd.DataFrame:
 
 
 @loader(DASHBOARD_TTL_SECONDS)
-def cache_hit_rates(engine: Engine, filters: Filters, by: str) -> pd.DataFrame:
-    group = "tenant" if by == "tenant" else "model"
-    rows = analytics.cache_hit_rates(engine, filters, group, analytics.load_labels(engine))
+def cache_hit_rates(
+    engine: Engine, filters: Filters, by: Literal["model", "tenant"]
+) -> pd.DataFrame:
+    rows = analytics.cache_hit_rates(engine, filters, by, analytics.load_labels(engine))
     return _frame(rows, analytics.RatePoint)
 
 

@@ -46,6 +46,7 @@ with st.sidebar:
         auth.sign_out()
         st.rerun()
 
-current = st.navigation(navigation([p for p in auth.PAGES if actor.can(p.role)]))
+allowed = [page for page in auth.PAGES if actor.can(page.role)]
+current = st.navigation(navigation(allowed), expanded=True)
 actions.show_notice()
 current.run()

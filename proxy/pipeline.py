@@ -278,12 +278,14 @@ class Pipeline:
         """
         assert ctx.model is not None and ctx.principal is not None and ctx.facts is not None
         is_stream = ctx.facts.is_stream
+        facts, principal = ctx.facts, ctx.principal
         crossing = Crossing(
             endpoint,
-            ctx.facts,
+            facts,
             body,
-            default_max_tokens=charge_for(ctx.facts, ctx.principal).completion_tokens,
-            is_prompt_cache_marked=ctx.principal.is_prompt_cache_marked,
+            # Asked only when translating: what the call was charged for.
+            default_max_tokens=lambda: charge_for(facts, principal).completion_tokens,
+            is_prompt_cache_marked=principal.is_prompt_cache_marked,
             request_id=ctx.id,
         )
         chain = fallback_chain(
@@ -534,9 +536,10 @@ class Pipeline:
         ctx.cost_usd = price_usage(ctx.usage, answered)
         ctx.cache_saved_usd = price_prompt_cache_savings(ctx.usage, answered)
         ctx.response_body = orjson.dumps(answer).decode()
-        validator = self.gateway.validators.get(ctx.facts.output_schema or {})
-        if ctx.facts.output_schema is not None and validator is not None:
-            self._note_output(ctx, is_valid_answer(validator, answer))
+        if ctx.facts.output_schema is not None:
+            validator = self.gateway.validators.get(ctx.facts.output_schema)
+            if validator is not None:
+                self._note_output(ctx, is_valid_answer(validator, answer))
         ctx.first_token_at = time.perf_counter()
         events = replay_stream(endpoint.name, answer, ctx.facts)
         response = Response(events, status=200, mimetype="text/event-stream")

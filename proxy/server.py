@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -38,7 +39,11 @@ class ProxyApplication(BaseApplication):  # type: ignore[misc]
         from proxy.app import create_app
 
         gunicorn_util.write_error = write_json_error  # in this worker: refusals are JSON too
-        return create_app()
+        app = create_app()
+        # What the app holds lives as long as the worker: the collector need never walk
+        # it again (shorter pauses, and a stopping worker exits without minutes of GC).
+        gc.freeze()
+        return app
 
 
 # What gunicorn refuses before the app sees the request (no record: nothing reached it).
@@ -121,6 +126,7 @@ def run_gunicorn(*, host: str, port: int, workers: int, worker_class: str, threa
     }
     if worker_class == "gevent":
         options["worker_connections"] = 2000
+    gc.freeze()  # the master's imports and config, shared with the workers it forks
     with fresh_metrics_dir():
         ProxyApplication(options).run()
 
@@ -140,6 +146,8 @@ def run_console(*, host: str, port: int) -> int:
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--client.toolbarMode",
+        "viewer",
     ]
     return subprocess.call(command, env=os.environ.copy())
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import streamlit as st
 
 from console import charts, dashboards
@@ -31,9 +33,10 @@ columns[4].metric(
     help="Input tokens the provider read from its own prompt cache, and the discount.",
 )
 
+GROUPINGS: list[Literal["model", "tenant"]] = ["model", "tenant"]
 by = st.radio(
     "Hit rate by",
-    ["model", "tenant"],
+    GROUPINGS,
     key="cache-by",
     horizontal=True,
     help="The eight groups with the most calls; the rest is summed as “other”.",
@@ -49,14 +52,24 @@ left, right = st.columns(2)
 with left:
     st.plotly_chart(
         charts.stacked_bars(
-            savings, value="saved_usd", title="USD saved", y_title="USD", legend="source"
+            savings,
+            value="saved_usd",
+            title="USD saved",
+            y_title="USD",
+            legend="source",
+            color="source",
         ),
         key="cache-saved-usd",
     )
 with right:
     st.plotly_chart(
         charts.stacked_bars(
-            savings, value="tokens", title="Tokens saved", y_title="tokens", legend="source"
+            savings,
+            value="tokens",
+            title="Tokens saved",
+            y_title="tokens",
+            legend="source",
+            color="source",
         ),
         key="cache-saved-tokens",
     )

@@ -7,7 +7,7 @@ import streamlit as st
 from console import charts, dashboards
 from console.auth import require_role
 from console.dashboard_filters import dashboard_filters
-from shared.analytics import DIMENSIONS
+from shared.analytics import DIMENSIONS, Dimension
 
 STACK_LABELS = {
     "model": "model",
@@ -65,12 +65,12 @@ with right:
     )
 
 st.subheader("Top spenders")
-for column, dimension, title in zip(
-    st.columns(3),
-    ("tenant", "user", "end_user"),
-    ("Tenants", "Users", "End users"),
-    strict=True,
-):
+TOP: list[tuple[Dimension, str]] = [
+    ("tenant", "Tenants"),
+    ("user", "Users"),
+    ("end_user", "End users"),
+]
+for column, (dimension, title) in zip(st.columns(len(TOP)), TOP, strict=True):
     with column:
         top = dashboards.top_spenders(filters, dimension, 10)
         st.plotly_chart(
@@ -91,19 +91,24 @@ st.subheader("Savings")
 savings = dashboards.savings_over_time(filters)
 st.plotly_chart(
     charts.stacked_bars(
-        savings, value="saved_usd", title="USD saved by caching", y_title="USD", legend="source"
+        savings,
+        value="saved_usd",
+        title="USD saved by caching",
+        y_title="USD",
+        legend="source",
+        color="source",
     ),
     key="spend-savings",
 )
 
 st.subheader("This month")
 forecast = dashboards.month_forecast(filters)
-columns = st.columns(4)
-columns[0].metric(f"Spent in {forecast.month}", f"${forecast.spent_usd:,.2f}")
-columns[1].metric("Daily rate (last 7 days)", f"${forecast.daily_rate_usd:,.2f}")
-columns[2].metric("Month-end forecast", f"${forecast.forecast_usd:,.2f}")
+month_columns = st.columns(4)
+month_columns[0].metric(f"Spent in {forecast.month}", f"${forecast.spent_usd:,.2f}")
+month_columns[1].metric("Daily rate (last 7 days)", f"${forecast.daily_rate_usd:,.2f}")
+month_columns[2].metric("Month-end forecast", f"${forecast.forecast_usd:,.2f}")
 if forecast.cap_usd is not None:
-    columns[3].metric(f"Cap ({forecast.cap_scope})", f"${forecast.cap_usd:,.2f}")
+    month_columns[3].metric(f"Cap ({forecast.cap_scope})", f"${forecast.cap_usd:,.2f}")
     if forecast.forecast_usd > forecast.cap_usd:
         st.warning(
             f"At this rate the {forecast.cap_scope} cap of ${forecast.cap_usd:,.2f} is reached "

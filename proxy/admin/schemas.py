@@ -30,8 +30,16 @@ NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$"
 
 
-def _format_decimal(value: Decimal) -> str:
-    return format(value, "f")  # never "1E-7"
+MONEY_QUANTUM = Decimal("0.00000001")  # the columns' scale: Numeric(18, 8)
+PRICE_QUANTUM = Decimal("0.000001")  # Numeric(12, 6)
+
+
+def _money_text(value: Decimal) -> str:
+    return format(value.quantize(MONEY_QUANTUM), "f")  # as stored; never "1E-7"
+
+
+def _price_text(value: Decimal) -> str:
+    return format(value.quantize(PRICE_QUANTUM), "f")
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -50,10 +58,10 @@ Id = Annotated[int, Field(ge=1, le=MAX_INT32)]
 Int32 = Annotated[int, Field(ge=0, le=MAX_INT32)]
 Positive32 = Annotated[int, Field(ge=1, le=MAX_INT32)]
 Int64 = Annotated[int, Field(ge=0, le=MAX_INT64)]
-DecimalText = PlainSerializer(_format_decimal, return_type=str, when_used="json")
 MoneyIn = Annotated[Decimal, Field(ge=0, le=Decimal("9999999999"), max_digits=18, decimal_places=8)]
 PriceIn = Annotated[Decimal, Field(ge=0, le=Decimal("999999"), max_digits=12, decimal_places=6)]
-Money = Annotated[Decimal, DecimalText]
+Money = Annotated[Decimal, PlainSerializer(_money_text, return_type=str, when_used="json")]
+Price = Annotated[Decimal, PlainSerializer(_price_text, return_type=str, when_used="json")]
 Time = Annotated[datetime, AfterValidator(_as_utc)]
 TimeIn = Annotated[datetime, AfterValidator(_utc_in)]
 
@@ -314,10 +322,10 @@ class Model(BaseModel):
     name: str
     provider: str
     upstream_model: str
-    input_per_mtok: Money
-    cached_input_per_mtok: Money
-    cache_write_per_mtok: Money
-    output_per_mtok: Money
+    input_per_mtok: Price
+    cached_input_per_mtok: Price
+    cache_write_per_mtok: Price
+    output_per_mtok: Price
     fallbacks: list[str] | None
     updated_at: Time
 

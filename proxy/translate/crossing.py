@@ -9,6 +9,7 @@ the translation could not carry).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,8 @@ class Crossing:
     endpoint: Endpoint  # the caller's
     facts: RequestFacts
     body: JsonObject  # the caller's request as it goes to the caller's provider
-    default_max_tokens: int  # for a translated request that sets none (what was charged)
+    # max_tokens for a translated request that sets none (called once, when translating)
+    default_max_tokens: Callable[[], int]
     is_prompt_cache_marked: bool = False
     request_id: str = ""
     _made: dict[str, Translated] = field(default_factory=dict)  # by provider
@@ -47,7 +49,7 @@ class Crossing:
             raise KeyError(f"no bridge from {self.endpoint.name} to {model.provider}")
         made = self._made.get(model.provider)
         if made is None:
-            made = bridge.translate_request(self.body, self.default_max_tokens)
+            made = bridge.translate_request(self.body, self.default_max_tokens())
             self._made[model.provider] = made
             log.info(
                 "event=request_translated request_id=%s from=%s to=%s dropped=%s",

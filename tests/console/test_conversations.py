@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import openai
 import pytest
@@ -15,49 +15,49 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from streamlit.testing.v1 import AppTest
 
-from console.auth import SESSION_KEY, SignIn
 from shared.console_users import Actor
 from shared.models import AuditEntry, Flag, RequestRecord, User
 from shared.records import write_records
-from tests.console.conftest import APP_TIMEOUT_SECONDS, make_console_user
+from tests.console.page_support import open_page, open_page_file
 from tests.shared.conversation_records import call_record, fresh_owner
 from tests.support import Accounts, ProxyServer, seed_accounts, wait_for
 
-ConsoleApp = Callable[[str], tuple[AppTest, Actor]]
 PAGE = "app_pages/conversations.py"
-PAGE_FILE = "console/app_pages/conversations.py"
 
 
-def open_page(console_app: ConsoleApp, role: str = "support", **params: str) -> AppTest:
-    at, _ = console_app(role)
-    at.query_params.update(params)
-    at.switch_page(PAGE).run()
-    assert not at.exception, at.exception
-    return at
+@pytest.fixture()
+def page(console_env: str, console_engine: Engine) -> Callable[..., tuple[AppTest, Actor]]:
+    """``page(role="support", **query_params)``: the Conversations page, signed in."""
+
+    def open_conversations(role: str = "support", **params: str) -> tuple[AppTest, Actor]:
+        return open_page(console_engine, role, PAGE, **params)
+
+    return open_conversations
+
+
+Page = Callable[..., tuple[AppTest, Actor]]
 
 
 def texts(at: AppTest) -> list[str]:
     return [element.value for element in at.text]
 
 
-def test_the_page_lists_the_newest_records(console_app: ConsoleApp, console_engine: Engine) -> None:
+def test_the_page_lists_the_newest_records(page: Page, console_engine: Engine) -> None:
     owner = fresh_owner(console_engine)
     record = call_record(owner, prompt=f"smoke test {uuid.uuid4().hex}")
     write_records(console_engine, [record])
-    at = open_page(console_app)
+    at, _ = page()
     assert at.title[0].value == "Conversations"
     assert record.id in at.dataframe[0].value["id"].tolist()
 
 
-def test_searching_by_text_and_opening_the_conversation(
-    console_app: ConsoleApp, console_engine: Engine
-) -> None:
+def test_searching_by_text_and_opening_the_conversation(page: Page, console_engine: Engine) -> None:
     owner = fresh_owner(console_engine)
     word = f"zyzzyva{uuid.uuid4().hex[:8]}"
     wanted = call_record(owner, prompt=f"tell me about {word}", answer="It is a weevil.")
     other = call_record(owner, prompt="something else")
     write_records(console_engine, [wanted, other])
-    at = open_page(console_app)
+    at, _ = page()
     at.text_input(key="q-text").input(word)
     at.button(key="q-submit").click().run()
     assert not at.exception and not at.error, (at.exception, at.error)
@@ -77,16 +77,14 @@ def test_searching_by_text_and_opening_the_conversation(
     assert "record" not in at.query_params and at.title[0].value == "Conversations"
 
 
-def test_every_filter_of_the_form_reaches_the_search(
-    console_app: ConsoleApp, console_engine: Engine
-) -> None:
+def test_every_filter_of_the_form_reaches_the_search(page: Page, console_engine: Engine) -> None:
     owner = fresh_owner(console_engine)
     session_id = f"sess-{uuid.uuid4().hex[:8]}"
     wanted = call_record(
         owner, session_id=session_id, end_user="bob", status=429, model="gpt-4o", is_cached=True
     )
     write_records(console_engine, [wanted, call_record(owner, session_id=session_id)])
-    at = open_page(console_app)
+    at, _ = page()
     at.text_input(key="q-session").input(session_id)
     at.text_input(key="q-end-user").input("bob")
     at.selectbox(key="q-tenant").select(owner.accounts.tenant)
@@ -102,18 +100,18 @@ def test_every_filter_of_the_form_reaches_the_search(
     assert [i.value for i in at.info] == ["No record matches this search."]
 
 
-def test_a_search_without_words_says_what_to_fix(console_app: ConsoleApp) -> None:
-    at = open_page(console_app)
+def test_a_search_without_words_says_what_to_fix(page: Page) -> None:
+    at, _ = page()
     at.text_input(key="q-text").input("-only -excluded")
     at.button(key="q-submit").click().run()
     assert any("at least one word" in e.value for e in at.error)
 
 
-def test_pages_of_results(console_app: ConsoleApp, console_engine: Engine) -> None:
+def test_pages_of_results(page: Page, console_engine: Engine) -> None:
     owner = fresh_owner(console_engine)
     records = [call_record(owner) for _ in range(55)]
     write_records(console_engine, records)
-    at = open_page(console_app)
+    at, _ = page()
     at.selectbox(key="q-tenant").select(owner.accounts.tenant)
     at.button(key="q-submit").click().run()
     first = at.dataframe[0].value["id"].tolist()
@@ -126,14 +124,10 @@ def test_pages_of_results(console_app: ConsoleApp, console_engine: Engine) -> No
     assert at.dataframe[0].value["id"].tolist() == first
 
 
-def test_flagging_and_unflagging_from_the_conversation(
-    console_app: ConsoleApp, console_engine: Engine
-) -> None:
+def test_flagging_and_unflagging_from_the_conversation(page: Page, console_engine: Engine) -> None:
     record = call_record(fresh_owner(console_engine))
     write_records(console_engine, [record])
-    at, actor = console_app("support")
-    at.query_params["record"] = record.id
-    at.switch_page(PAGE).run()
+    at, actor = page(record=record.id)
     at.selectbox(key="flag-reason").select("wrong answer")
     at.text_area(key="flag-note").input("says the sky is green")
     at.button(key="flag-submit").click().run()
@@ -164,7 +158,7 @@ HOSTILE = '<script>alert("owned")</script> ![x](https://tracker.example/p.png) *
 
 
 def test_conversation_text_is_shown_as_text_never_as_html_or_markdown(
-    console_app: ConsoleApp, console_engine: Engine
+    page: Page, console_engine: Engine
 ) -> None:
     owner = fresh_owner(console_engine)
     body = json.dumps(
@@ -185,7 +179,7 @@ def test_conversation_text_is_shown_as_text_never_as_html_or_markdown(
     )
     record = call_record(owner, request_body=body, answer=HOSTILE)
     write_records(console_engine, [record])
-    at = open_page(console_app, record=record.id)
+    at, _ = page(record=record.id)
     assert texts(at).count(HOSTILE) == 2  # the prompt and the answer, verbatim, as text
     markdown = [m.value for m in [*at.markdown, *at.caption]]
     for value in markdown:  # every < and ]( in markdown is escaped
@@ -194,12 +188,7 @@ def test_conversation_text_is_shown_as_text_never_as_html_or_markdown(
 
 
 def test_a_viewer_cannot_open_the_page(console_env: str, console_engine: Engine) -> None:
-    viewer = make_console_user(console_engine, "viewer")
-    at = AppTest.from_file(PAGE_FILE, default_timeout=APP_TIMEOUT_SECONDS)
-    at.session_state[SESSION_KEY] = SignIn(viewer.name, "password", time.time())
-    at.session_state["metergate_actor"] = viewer
-    at.run()
-    assert not at.exception, at.exception
+    at = open_page_file(console_engine, "viewer", PAGE)
     assert [e.value for e in at.error] == [
         "This page needs the support role; you are signed in as viewer."
     ]
@@ -226,7 +215,7 @@ def user_id_of(engine: Engine, email: str) -> int:
 
 
 def test_replay_makes_a_new_linked_record_billed_to_the_console(
-    console_app: ConsoleApp,
+    page: Page,
     console_engine: Engine,
     console_proxy: ProxyServer,
     console_key: Accounts,
@@ -245,10 +234,7 @@ def test_replay_makes_a_new_linked_record_billed_to_the_console(
     original_id = raw.headers["x-metergate-record-id"]
     console_proxy.record(original_id)  # written
 
-    at, actor = console_app("support")
-    at.query_params["record"] = original_id
-    at.switch_page(PAGE).run()
-    assert not at.exception, at.exception
+    at, actor = page(record=original_id)
     assert at.text_area(key="replay-system").value == "Answer in one word."
     at.selectbox(key="replay-model").select("gpt-4o")
     at.toggle(key="replay-edit-system").set_value(True)
@@ -270,8 +256,7 @@ def test_replay_makes_a_new_linked_record_billed_to_the_console(
     assert [c.language for c in at.code if c.language == "diff"] or any(
         s.value == "The replay answered exactly the same." for s in at.success
     )
-    labels = [m.label for m in at.markdown]
-    assert "**Original answer**" in [m.value for m in at.markdown], labels
+    assert "**Original answer**" in [m.value for m in at.markdown]
     with Session(console_engine) as session:
         entry = session.scalars(
             select(AuditEntry).where(
@@ -290,11 +275,34 @@ def replays_of(engine: Engine, record_id: str) -> list[str]:
 
 
 def test_replay_without_a_console_key_says_how_to_turn_it_on(
-    console_app: ConsoleApp, console_engine: Engine, monkeypatch: pytest.MonkeyPatch
+    page: Page, console_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("METERGATE_CONSOLE_API_KEY", raising=False)
     record = call_record(fresh_owner(console_engine))
     write_records(console_engine, [record])
-    at = open_page(console_app, record=record.id)
+    at, _ = page(record=record.id)
     at.button(key="replay-submit").click().run()
     assert any("METERGATE_CONSOLE_API_KEY" in e.value for e in at.error)
+
+
+def test_the_session_view_follows_a_whole_conversation_in_order(
+    console_env: str, console_engine: Engine
+) -> None:
+    owner = fresh_owner(console_engine)
+    session_id = f"chat-{uuid.uuid4().hex[:8]}"
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    calls = [
+        call_record(
+            owner, at=start + timedelta(seconds=i), session_id=session_id, prompt=q, answer=a
+        )
+        for i, (q, a) in enumerate([("hi", "hello"), ("how are you", "fine"), ("bye", "ciao")])
+    ]
+    write_records(console_engine, list(reversed(calls)))
+    at, _ = open_page(console_engine, "support", "app_pages/session.py", session=session_id)
+    assert at.title[0].value == "Session"
+    assert at.dataframe[0].value["id"].tolist() == [c.id for c in calls]
+    assert texts(at) == ["hi", "hello", "how are you", "fine", "bye", "ciao"]
+    assert [m.value for m in at.metric][0] == "3"
+
+    at, _ = open_page(console_engine, "support", PAGE, record=calls[1].id)
+    assert not at.exception, at.exception  # the detail links to its session (a page link)

@@ -489,11 +489,11 @@ def test_chains_reach_models_of_the_other_provider_where_a_bridge_exists(
     }
     primary = catalogue[expected[0]]
     facts = RequestFacts(model=primary.name, is_stream=False)
-    crossing = Crossing(endpoint, facts, {}, default_max_tokens=1024)
+    crossing = Crossing(endpoint, facts, {}, default_max_tokens=lambda: 1024)
     chain = fallback_chain(primary, catalogue.get, lambda _: True, crossing.can_serve)
     assert [m.name for m in chain] == expected
     # An endpoint with no counterpart at the other provider keeps to its own.
-    unbridged = Crossing(Unbridged(endpoint.provider), facts, {}, default_max_tokens=1024)
+    unbridged = Crossing(Unbridged(endpoint.provider), facts, {}, lambda: 1024)
     chain = fallback_chain(primary, catalogue.get, lambda _: True, unbridged.can_serve)
     assert [m.name for m in chain] == expected[:2]
 
