@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -154,9 +155,18 @@ def page(console: Console, monkeypatch: pytest.MonkeyPatch) -> Iterator[Page]:
 def settle(page: Page) -> None:
     """Wait until the app has finished its run (no running icon, no placeholders)."""
     page.wait_for_timeout(300)
-    page.wait_for_function(f"() => !document.querySelector({RUNNING!r})", timeout=60_000)
+    try:
+        page.wait_for_function(f"() => !document.querySelector({RUNNING!r})", timeout=60_000)
+    except playwright_sync.TimeoutError:
+        shoot(page, "zz-still-running")  # what the page looked like, for whoever reads the failure
+        raise
     page.wait_for_timeout(300)
     expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+def button(page: Page, label: str) -> Any:
+    """The app's button with exactly this label (not a toolbar's or a select's icon button)."""
+    return page.locator("button").filter(has_text=re.compile(f"^{re.escape(label)}$"))
 
 
 def shoot(page: Page, name: str) -> None:
@@ -170,7 +180,7 @@ def sign_in(page: Page, console: Console) -> None:
     page.get_by_role("textbox", name="Name").fill(console.admin)
     page.get_by_role("textbox", name="Password").fill(TEST_PASSWORD)
     shoot(page, "00-sign-in")
-    page.get_by_role("button", name="Sign in").click()
+    button(page, "Sign in").click()
     expect(page.get_by_text("Signed in as")).to_be_visible()
     settle(page)
 
@@ -202,17 +212,17 @@ def test_support_searches_a_conversation_and_replays_it(
     sign_in(page, console)
     open_page(page, "Conversations")
     page.get_by_role("textbox", name="Text in prompts and answers").fill(QUESTION)
-    page.get_by_role("button", name="Search").click()
+    button(page, "Search").click()
     settle(page)
     expect(page.get_by_text(re.compile(r"1 records?"))).to_be_visible()
     shoot(page, "90-search")
 
-    page.get_by_role("button", name="Open", exact=True).click()
+    button(page, "Open").click()
     settle(page)
     expect(page.get_by_role("heading", name="Conversation", exact=True)).to_be_visible()
     shoot(page, "91-conversation")
 
-    page.get_by_role("button", name="Replay through the proxy").click()
+    button(page, "Replay through the proxy").click()
     settle(page)
     expect(page.get_by_text("Replay answer")).to_be_visible()
     shoot(page, "92-replay")
@@ -238,7 +248,7 @@ def test_an_admin_creates_a_key_and_sees_its_secret_once(page: Page, console: Co
     sign_in(page, console)
     open_page(page, "Keys")
     page.get_by_role("textbox", name="Label").fill("made-in-chromium")
-    page.get_by_role("button", name="Create key").click()
+    button(page, "Create key").click()
     settle(page)
     secret = page.locator("code").filter(has_text=re.compile(r"^mg-")).first
     expect(secret).to_be_visible()

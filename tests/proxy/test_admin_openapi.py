@@ -85,6 +85,7 @@ def test_the_document_describes_every_admin_route(
             assert {"401", "403", "429"} <= set(operation["responses"])
 
 
+@pytest.mark.timeout(600)  # some 1,500 generated calls: tens of seconds on a busy machine
 def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(
     fuzzed: ProxyServer, document: dict[str, Any], tmp_path: Path
 ) -> None:

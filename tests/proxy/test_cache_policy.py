@@ -127,7 +127,8 @@ def plan(tier_ttl: int | None, headers: dict[str, str], endpoint: str = "chat.co
         (60, {"cache-control": "no-cache"}, "chat.completions", (60, False)),
         (60, {"cache-control": "max-age=0, No-Store"}, "chat.completions", None),
         (60, {TTL_HEADER: "0"}, "messages", (0, True)),
-        (60, {}, "embeddings", None),
+        (60, {}, "embeddings", (60, True)),
+        (60, {}, "messages.count_tokens", None),
     ],
 )
 def test_plan_follows_tier_headers_and_endpoint(

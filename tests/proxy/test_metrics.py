@@ -201,6 +201,7 @@ def test_upstream_retries_and_an_open_breaker_are_counted(
     assert got.value(refusals) == before.value(refusals)  # upstream failures are no refusals
 
 
+@pytest.mark.timeout(300)  # two workers importing the SDKs take a while on a busy machine
 def test_metrics_are_summed_over_two_gunicorn_workers(
     pg_url: str, redis_url: str, simulator: SimulatorThread, tmp_path: Path
 ) -> None:

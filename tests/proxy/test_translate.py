@@ -7,6 +7,7 @@ requests against the body the other provider documents.
 from __future__ import annotations
 
 import copy
+from decimal import Decimal
 from typing import Any
 
 import anthropic.types
@@ -16,16 +17,19 @@ import pytest
 
 from proxy.endpoints.anthropic_messages import MessageStreamReader, read_anthropic_usage
 from proxy.endpoints.base import RequestFacts
-from proxy.endpoints.openai_chat import ChatStreamReader, read_openai_usage
+from proxy.endpoints.openai_chat import ChatCompletions, ChatStreamReader, read_openai_usage
 from proxy.endpoints.sse import iter_events
+from proxy.errors import UpstreamRejected
 from proxy.replay import anthropic_message_events, openai_chat_events
 from proxy.translate import (
+    Crossing,
     bridge_for,
     chat_request,
     completion_from_message,
     message_from_completion,
     messages_request,
 )
+from shared.catalogue import ModelEntry
 
 PNG = (  # a 1x1 PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5ErkJggg=="
@@ -598,3 +602,35 @@ def test_a_collected_gpt_stream_replays_as_the_message() -> None:
     assert parsed == anthropic.types.Message.model_validate(
         message_from_completion(COMPLETION_WITH_TOOLS)
     )
+
+
+def test_crossing_marks_translated_attempts_and_rephrases_refusals() -> None:
+    one = Decimal(1)
+    claude = ModelEntry("claude-x", "anthropic", "claude-x-up", one, one, one, one)
+    facts = RequestFacts(model="gpt-x", is_stream=False)
+    body = {"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}], "seed": 1}
+    crossing = Crossing(ChatCompletions(), facts, body, default_max_tokens=lambda: 99)
+    path, sent = crossing.request(claude)
+    assert path == "/v1/messages"
+    assert (sent["model"], sent["max_tokens"]) == ("claude-x-up", 99)
+    attempts: list[dict[str, Any]] = [
+        {"model": "gpt-x", "status": 500},
+        {"model": "claude-x", "error": "circuit_open"},
+        {"model": "claude-x", "status": 400},
+    ]
+    crossing.note(attempts)
+    assert attempts == [
+        {"model": "gpt-x", "status": 500},
+        {"model": "claude-x", "error": "circuit_open"},
+        {
+            "model": "claude-x",
+            "status": 400,
+            "translated_to": "messages",
+            "dropped_fields": ["seed"],
+        },
+    ]
+    refused = UpstreamRejected(400, b'{"type":"error"}', "max_tokens: too large", None)
+    error = crossing.rejection(refused)
+    assert not isinstance(error, UpstreamRejected)  # rendered in the caller's dialect
+    assert (error.status, error.code) == (400, "upstream_rejected")
+    assert "max_tokens: too large" in error.message
