@@ -30,6 +30,7 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 EXTENSION = "metergate"
+SDK_LOGGERS = ("openai", "anthropic")
 REDIS_NOT_USED = "not used (embedded mode)"
 
 
@@ -66,6 +67,7 @@ def create_app(
 ) -> Flask:
     """Build the proxy. ``settings`` defaults to the environment."""
     settings = settings or Settings()
+    _keep_prompts_out_of_logs()
     app = Flask(__name__)
     # One byte over the limit, so read_body can tell "exactly the limit" from "over it".
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
@@ -128,6 +130,15 @@ def create_app(
     _register_health(app, state)
     _register_error_handlers(app, state)
     return app
+
+
+def _keep_prompts_out_of_logs() -> None:
+    """The provider SDKs log whole request bodies (prompts, and any secret in them) at
+    DEBUG, also when ``OPENAI_LOG`` / ``ANTHROPIC_LOG`` ask for it: never below INFO."""
+    for name in SDK_LOGGERS:
+        sdk_log = logging.getLogger(name)
+        if sdk_log.getEffectiveLevel() < logging.INFO:
+            sdk_log.setLevel(logging.INFO)
 
 
 def _register_health(app: Flask, state: AppState) -> None:

@@ -30,13 +30,12 @@ from prometheus_client import (
 
 from proxy.breaker import BreakerBoard, BreakerState
 from proxy.recorder import RecordWriter
+from proxy.server import MULTIPROC_DIR_ENV
 from shared.catalogue import ModelEntry
 from shared.records import CallRecord
 
 log = logging.getLogger(__name__)
 
-MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 UNKNOWN = "-"
 OTHER_ENDPOINT = "other"
 
@@ -185,10 +184,10 @@ class Metrics:
         """The exposition text of every worker's metrics, and its content type."""
         self.update_gauges()
         if self.multiproc_dir is None:
-            return generate_latest(self.registry), CONTENT_TYPE
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
     def update_gauges(self) -> None:
         writer = self._writer
@@ -242,7 +241,7 @@ class Metrics:
 
     def _observe_attempts(self, record: CallRecord) -> None:
         """Attempts, retries, and the breaker state of every model the call tried."""
-        tried: dict[str, int] = {}
+        tried: set[str] = set()
         for attempt in record.attempts or ():
             name = str(attempt.get("model", ""))
             entry = self._model(name)
@@ -253,9 +252,9 @@ class Metrics:
                 result = "ok"
             self.upstream_attempts.labels(entry.provider, entry.name, result).inc()
             if result != "circuit_open":
-                if tried.get(name):
+                if name in tried:
                     self.upstream_retries.labels(entry.provider, entry.name).inc()
-                tried[name] = tried.get(name, 0) + 1
+                tried.add(name)
             state = self._breakers.state((entry.provider, entry.upstream_model))
             self.breaker_state.labels(entry.provider, entry.name).set(BREAKER_VALUES[state])
 

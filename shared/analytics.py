@@ -1,15 +1,15 @@
 """Dashboard queries: spend, latency and cache figures read from the usage rollups.
 
-Every function here reads ``usage_hourly`` or ``usage_end_user_daily`` (never the raw
-request records), groups in SQL, and returns small typed rows for the console to
-chart. Money is returned as float (display values); the billing export in
+Every function reads a rollup (``shared.rollup_query.scope_for`` picks which; never
+the raw request records), groups in SQL, and returns small typed rows for the console
+to chart. Money is returned as float (display values); the billing export in
 ``shared.billing`` keeps Decimal.
 
-Time: ``Filters.start`` and ``end`` are UTC; the hourly rollup is read from the hour
-``start`` falls in, the end-user rollup from its day. Series are per hour for ranges
-up to ``HOURLY_RANGE`` and per day beyond. Views by end user are always per day.
-Rows without a tenant, user, key or model (refused before authentication) carry
-id 0 or name "" and are labelled "(none)".
+Series are per hour for ranges up to ``HOURLY_RANGE`` and per day beyond (from
+midnight UTC of the first day); views by end user are always per day. Rows without
+a tenant, user, key or model (refused before authentication) carry id 0 or name ""
+and are labelled "(none)"; groups beyond a chart's top ones are summed as "other".
+Latency percentiles are interpolated within histogram buckets (``percentile``).
 """
 
 from __future__ import annotations
@@ -17,21 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import (
-    ColumnElement,
-    Connection,
-    DateTime,
-    Engine,
-    Table,
-    case,
-    func,
-    literal_column,
-    null,
-    select,
-)
+from sqlalchemy import ColumnElement, Engine, Table, func, select
 from sqlalchemy.orm import Session
 
 from shared.models import (
@@ -42,38 +31,34 @@ from shared.models import (
     ModelPrice,
     Tenant,
     User,
-    end_user_daily_table,
     latency_column,
-    usage_hourly_table,
 )
-from shared.rollup import as_utc, day_of, hour_of
+from shared.rollup_query import (
+    HOURLY_RANGE,
+    Filters,
+    Granularity,
+    Scope,
+    reading,
+    scope_for,
+    series,
+    sums_of,
+)
+
+__all__ = ["HOURLY_RANGE", "Filters", "Granularity"]  # re-exported for the console
 
 Dimension = Literal["model", "provider", "tenant", "user", "key", "end_user"]
-Granularity = Literal["hour", "day"]
 DIMENSIONS: tuple[Dimension, ...] = ("model", "provider", "tenant", "user", "key", "end_user")
-HOURLY_RANGE = timedelta(days=3)
+_COLUMNS = {
+    "model": "model",
+    "provider": "provider",
+    "tenant": "tenant_id",
+    "user": "user_id",
+    "key": "key_id",
+    "end_user": "end_user",
+}
 OTHER = "other"
 NONE = "(none)"
 PERCENTILES = (0.5, 0.95, 0.99)
-
-_hourly = usage_hourly_table
-_daily = end_user_daily_table
-
-
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """What a dashboard shows: a UTC time range, and optionally some owners and models."""
-
-    start: datetime
-    end: datetime
-    tenant_ids: tuple[int, ...] = ()
-    user_ids: tuple[int, ...] = ()
-    key_ids: tuple[int, ...] = ()
-    models: tuple[str, ...] = ()
-
-    @property
-    def granularity(self) -> Granularity:
-        return "hour" if self.end - self.start <= HOURLY_RANGE else "day"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,128 +101,11 @@ def load_labels(engine: Engine) -> Labels:
     return Labels(tenants, users, keys, user_tenants, key_users, models)
 
 
-# -- building blocks --------------------------------------------------------------------
+# -- spend ------------------------------------------------------------------------------
 
 
-def owner_conditions(table: Table, filters: Filters) -> list[ColumnElement[bool]]:
-    """The tenant, user, key and model filters on a rollup table (not the time range)."""
-    conditions: list[ColumnElement[bool]] = []
-    for column, values in (
-        (table.c.tenant_id, filters.tenant_ids),
-        (table.c.user_id, filters.user_ids),
-        (table.c.key_id, filters.key_ids),
-        (table.c.model, filters.models),
-    ):
-        if values:
-            conditions.append(column.in_(values))
-    return conditions
-
-
-def _conditions(table: Table, filters: Filters) -> list[ColumnElement[bool]]:
-    if table is _daily:
-        time, start = table.c.day, day_of(filters.start)
-    else:
-        time, start = table.c.hour, hour_of(filters.start)
-    return [time >= start, time < as_utc(filters.end), *owner_conditions(table, filters)]
-
-
-def _period(connection: Connection, table: Table, granularity: Granularity) -> ColumnElement[Any]:
-    """The start of the hour or day each rollup row falls in (SQL literals, so that
-    PostgreSQL sees the same expression in SELECT and GROUP BY)."""
-    if table is _daily:
-        return table.c.day
-    if granularity == "hour":
-        return table.c.hour
-    day = DateTime(timezone=True)
-    if connection.dialect.name == "postgresql":
-        return func.date_trunc(
-            literal_column("'day'"), table.c.hour, literal_column("'UTC'"), type_=day
-        )
-    return func.strftime(literal_column("'%Y-%m-%d 00:00:00.000000'"), table.c.hour, type_=day)
-
-
-def _dimension(table: Table, by: Dimension) -> ColumnElement[Any]:
-    columns = {
-        "model": table.c.model,
-        "provider": table.c.provider,
-        "tenant": table.c.tenant_id,
-        "user": table.c.user_id,
-        "key": table.c.key_id,
-    }
-    if by == "end_user":
-        return _daily.c.end_user
-    return columns[by]
-
-
-def _top(
-    connection: Connection,
-    table: Table,
-    conditions: Sequence[ColumnElement[bool]],
-    group: ColumnElement[Any],
-    rank_by: ColumnElement[Any],
-    limit: int,
-) -> list[Any]:
-    """The ``limit`` groups with the largest sum of ``rank_by``."""
-    query = (
-        select(group)
-        .where(*conditions)
-        .group_by(group)
-        .order_by(func.sum(rank_by).desc(), group)
-        .limit(limit)
-    )
-    return list(connection.scalars(query))
-
-
-def _series(
-    connection: Connection,
-    table: Table,
-    filters: Filters,
-    group: ColumnElement[Any] | None,
-    sums: dict[str, ColumnElement[Any]],
-    *,
-    granularity: Granularity | None = None,
-    rank_by: str | None = None,
-    top: int = 8,
-    where: Sequence[ColumnElement[bool]] = (),
-) -> list[dict[str, Any]]:
-    """Sums per period (and group). With ``rank_by``, groups outside the ``top`` by that
-    sum are folded into one group, None. Rows: ``period``, ``group`` and the sums."""
-    conditions = [*_conditions(table, filters), *where]
-    period = _period(connection, table, granularity or filters.granularity)
-    if group is None:
-        group = null()
-    elif rank_by is not None:
-        ranked = _top(connection, table, conditions, group, sums[rank_by], top)
-        group = case((group.in_(ranked), group), else_=null())
-    per_row = select(
-        period.label("period"),
-        group.label("grp"),
-        *(value.label(name) for name, value in sums.items()),
-    ).where(*conditions)
-    rows = per_row.subquery("per_row")
-    query = (
-        select(
-            rows.c.period,
-            rows.c.grp,
-            *(func.coalesce(func.sum(rows.c[name]), 0).label(name) for name in sums),
-        )
-        .group_by(rows.c.period, rows.c.grp)
-        .order_by(rows.c.period)
-    )
-    return [
-        {**row, "period": as_utc(row["period"]), "group": row["grp"]}
-        for row in connection.execute(query).mappings()
-    ]
-
-
-def _totals(
-    connection: Connection,
-    table: Table,
-    conditions: Sequence[ColumnElement[bool]],
-    sums: dict[str, ColumnElement[Any]],
-) -> dict[str, Any]:
-    query = select(*(func.coalesce(func.sum(v), 0).label(k) for k, v in sums.items()))
-    return dict(connection.execute(query.select_from(table).where(*conditions)).mappings().one())
+def _scope(filters: Filters, by: Dimension | None = None) -> Scope:
+    return scope_for(filters, by_owner=by in ("user", "key"), end_users=by == "end_user")
 
 
 def _spend_sums(table: Table) -> dict[str, ColumnElement[Any]]:
@@ -247,9 +115,6 @@ def _spend_sums(table: Table) -> dict[str, ColumnElement[Any]]:
         "tokens": c.prompt_tokens + c.completion_tokens,
         "requests": c.requests,
     }
-
-
-# -- spend ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,17 +131,11 @@ def spend_over_time(
 ) -> list[SpendPoint]:
     """Cost, tokens (of calls that went upstream) and requests per period and group;
     groups beyond the ``top`` by cost are summed as "other"."""
-    table = _daily if by == "end_user" else _hourly
-    with engine.connect() as connection:
-        rows = _series(
-            connection,
-            table,
-            filters,
-            _dimension(table, by),
-            _spend_sums(table),
-            granularity="day" if by == "end_user" else None,
-            rank_by="cost_usd",
-            top=top,
+    scope = _scope(filters, by)
+    group = scope.table.c[_COLUMNS[by]]
+    with reading(engine) as connection:
+        rows = series(
+            connection, scope, group, _spend_sums(scope.table), rank_by="cost_usd", top=top
         )
     return [
         SpendPoint(
@@ -303,21 +162,21 @@ def top_spenders(
     engine: Engine, filters: Filters, by: Dimension, labels: Labels, *, limit: int = 10
 ) -> list[Spender]:
     """The ``limit`` largest spenders. End users are told apart within their tenant."""
-    table = _daily if by == "end_user" else _hourly
+    scope = _scope(filters, by)
+    table = scope.table
     sums = _spend_sums(table)
-    conditions = _conditions(table, filters)
-    groups = [_dimension(table, by).label("grp"), table.c.tenant_id.label("tenant_id")]
-    if by != "end_user":
-        groups.pop()
+    groups = [table.c[_COLUMNS[by]].label("grp")]
+    if by == "end_user":
+        groups.append(table.c.tenant_id.label("tenant_id"))
     query = (
         select(*groups, *(func.sum(v).label(k) for k, v in sums.items()))
-        .where(*conditions)
+        .where(*scope.conditions)
         .group_by(*groups)
         .order_by(func.sum(table.c.cost_usd).desc(), *groups)
         .limit(limit)
     )
-    with engine.connect() as connection:
-        total = float(_totals(connection, table, conditions, sums)["cost_usd"])
+    with reading(engine) as connection:
+        total = float(sums_of(connection, scope, {"cost_usd": table.c.cost_usd})["cost_usd"])
         rows = list(connection.execute(query).mappings())
     spenders = []
     for row in rows:
@@ -356,36 +215,15 @@ class Totals:
         return self.cache_hits / answered if answered > 0 else 0.0
 
 
-_TOTAL_COLUMNS = (
-    "requests",
-    "errors",
-    "cache_hits",
-    "prompt_tokens",
-    "completion_tokens",
-    "cache_read_tokens",
-    "cache_hit_tokens",
-    "cost_usd",
-    "response_cache_saved_usd",
-    "prompt_cache_saved_usd",
-)
-
-
 def totals(engine: Engine, filters: Filters) -> Totals:
-    sums: dict[str, ColumnElement[Any]] = {name: _hourly.c[name] for name in _TOTAL_COLUMNS}
-    with engine.connect() as connection:
-        row = _totals(connection, _hourly, _conditions(_hourly, filters), sums)
-    return Totals(
-        requests=int(row["requests"]),
-        errors=int(row["errors"]),
-        cache_hits=int(row["cache_hits"]),
-        prompt_tokens=int(row["prompt_tokens"]),
-        completion_tokens=int(row["completion_tokens"]),
-        cache_read_tokens=int(row["cache_read_tokens"]),
-        cache_hit_tokens=int(row["cache_hit_tokens"]),
-        cost_usd=float(row["cost_usd"]),
-        response_cache_saved_usd=float(row["response_cache_saved_usd"]),
-        prompt_cache_saved_usd=float(row["prompt_cache_saved_usd"]),
-    )
+    scope = _scope(filters)
+    names = [f.name for f in Totals.__dataclass_fields__.values()]
+    with reading(engine) as connection:
+        row = sums_of(connection, scope, {name: scope.table.c[name] for name in names})
+    values: dict[str, Any] = {
+        name: float(row[name]) if name.endswith("_usd") else int(row[name]) for name in names
+    }
+    return Totals(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,15 +235,16 @@ class SavingsPoint:
 
 
 def savings_over_time(engine: Engine, filters: Filters) -> list[SavingsPoint]:
-    c = _hourly.c
+    scope = _scope(filters)
+    c = scope.table.c
     sums: dict[str, ColumnElement[Any]] = {
         "response_usd": c.response_cache_saved_usd,
         "response_tokens": c.cache_hit_tokens,
         "prompt_usd": c.prompt_cache_saved_usd,
         "prompt_tokens": c.cache_read_tokens,
     }
-    with engine.connect() as connection:
-        rows = _series(connection, _hourly, filters, None, sums)
+    with reading(engine) as connection:
+        rows = series(connection, scope, None, sums)
     points = []
     for row in rows:
         for source, prefix in (("response cache", "response"), ("prompt cache", "prompt")):
@@ -460,9 +299,9 @@ class LatencyPoint:
     p99: float | None
 
 
-def _histogram_sums() -> dict[str, ColumnElement[Any]]:
+def _histogram_sums(table: Table) -> dict[str, ColumnElement[Any]]:
     return {
-        latency_column(metric, bucket): _hourly.c[latency_column(metric, bucket)]
+        latency_column(metric, bucket): table.c[latency_column(metric, bucket)]
         for metric in LATENCY_METRICS
         for bucket in range(LATENCY_BUCKETS)
     }
@@ -479,26 +318,29 @@ def _latency_points(period: datetime | None, model: str, row: Any) -> list[Laten
 
 def latency_over_time(engine: Engine, filters: Filters) -> list[LatencyPoint]:
     """p50 / p95 / p99 per period, model and metric, from the latency histograms."""
-    with engine.connect() as connection:
-        rows = _series(connection, _hourly, filters, _hourly.c.model, _histogram_sums())
+    scope = _scope(filters)
+    with reading(engine) as connection:
+        rows = series(connection, scope, scope.table.c.model, _histogram_sums(scope.table))
     return [p for row in rows for p in _latency_points(row["period"], row["group"], row)]
 
 
 def latency_summary(engine: Engine, filters: Filters) -> list[LatencyPoint]:
     """p50 / p95 / p99 per model and metric over the whole range."""
-    sums = _histogram_sums()
+    scope = _scope(filters)
+    model = scope.table.c.model
+    sums = _histogram_sums(scope.table)
     query = (
-        select(_hourly.c.model, *(func.sum(v).label(k) for k, v in sums.items()))
-        .where(*_conditions(_hourly, filters))
-        .group_by(_hourly.c.model)
-        .order_by(_hourly.c.model)
+        select(model, *(func.sum(v).label(k) for k, v in sums.items()))
+        .where(*scope.conditions)
+        .group_by(model)
+        .order_by(model)
     )
-    with engine.connect() as connection:
+    with reading(engine) as connection:
         rows = list(connection.execute(query).mappings())
     return [p for row in rows for p in _latency_points(None, row["model"], row)]
 
 
-# -- errors and refusals ----------------------------------------------------------------
+# -- errors, refusals and the cache -----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,56 +348,37 @@ class RatePoint:
     period: datetime
     group: str
     count: int
-    requests: int  # every call in the period (all groups)
+    requests: int  # the calls of the period (of the group, for hit rates)
     rate: float  # count / requests
 
 
-def _rates(
-    engine: Engine,
-    filters: Filters,
-    group: ColumnElement[Any],
-    count: ColumnElement[Any],
-    where: ColumnElement[bool],
-    *,
-    denominator: Sequence[ColumnElement[bool]] = (),
-) -> list[RatePoint]:
-    with engine.connect() as connection:
+def _rates(engine: Engine, filters: Filters, group: str, count: str) -> list[RatePoint]:
+    """Per period and ``group`` value (not ""), the sum of ``count`` over all calls."""
+    scope = _scope(filters)
+    c = scope.table.c
+    with reading(engine) as connection:
         requests = {
             row["period"]: int(row["requests"])
-            for row in _series(
-                connection,
-                _hourly,
-                filters,
-                None,
-                {"requests": _hourly.c.requests},
-                where=denominator,
-            )
+            for row in series(connection, scope, None, {"requests": c.requests})
         }
-        rows = _series(connection, _hourly, filters, group, {"count": count}, where=[where])
+        rows = series(connection, scope, c[group], {"count": c[count]}, where=[c[group] != ""])
     points = []
     for row in rows:
-        total = requests.get(row["period"], 0)
-        value = int(row["count"])
-        group_name = NONE if row["group"] in ("", 0) else str(row["group"])
+        total, value = requests.get(row["period"], 0), int(row["count"])
         points.append(
-            RatePoint(row["period"], group_name, value, total, value / total if total else 0.0)
+            RatePoint(row["period"], str(row["group"]), value, total, value / total if total else 0)
         )
     return points
 
 
 def error_rates(engine: Engine, filters: Filters) -> list[RatePoint]:
     """Errors per period and type (the error code, or ``http_<status>``), over all calls."""
-    c = _hourly.c
-    return _rates(engine, filters, c.error_code, c.errors, c.errors > 0)
+    return _rates(engine, filters, "error_code", "errors")
 
 
 def refusals(engine: Engine, filters: Filters) -> list[RatePoint]:
     """Refusals per period and reason (rate_limit, quota, screening), over all calls."""
-    c = _hourly.c
-    return _rates(engine, filters, c.refusal_reason, c.requests, c.refusal_reason != "")
-
-
-# -- cache ------------------------------------------------------------------------------
+    return _rates(engine, filters, "refusal_reason", "requests")
 
 
 def cache_hit_rates(
@@ -563,21 +386,12 @@ def cache_hit_rates(
 ) -> list[RatePoint]:
     """Response-cache hits over answered calls (errors and refusals left out) per period
     and model or tenant; beyond the top 8 by calls, groups are summed as "other"."""
-    table = _hourly
-    answered = table.c.error_code == ""
-    sums: dict[str, ColumnElement[Any]] = {
-        "requests": table.c.requests,
-        "hits": table.c.cache_hits,
-    }
-    with engine.connect() as connection:
-        rows = _series(
-            connection,
-            table,
-            filters,
-            _dimension(table, by),
-            sums,
-            rank_by="requests",
-            where=[answered],
+    scope = _scope(filters, by)
+    c = scope.table.c
+    sums: dict[str, ColumnElement[Any]] = {"requests": c.requests, "hits": c.cache_hits}
+    with reading(engine) as connection:
+        rows = series(
+            connection, scope, c[_COLUMNS[by]], sums, rank_by="requests", where=[c.error_code == ""]
         )
     return [
         RatePoint(

@@ -17,11 +17,11 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
 
 from shared.models import ApiKey, Tenant, User, usage_hourly_table
 from shared.pricing import COST_QUANTUM
 from shared.rollup import as_utc, hour_of
+from shared.rollup_query import reading
 from shared.usage import month_start, next_month_start
 
 _hourly = usage_hourly_table
@@ -107,8 +107,8 @@ def billing_rows(
         .outerjoin(ApiKey, ApiKey.id == usage.c.key_id)
         .order_by("tenant", "user", usage.c.key_id)
     )
-    with Session(engine) as session:
-        rows = list(session.execute(query).mappings())
+    with reading(engine) as connection:
+        rows = list(connection.execute(query).mappings())
     billed = []
     for row in rows:
         values: dict[str, Any] = {f.name: row[f.name] for f in fields(BillingRow)}

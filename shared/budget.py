@@ -1,6 +1,6 @@
 """Spend against quotas and caps this month, and where the month will end.
 
-Read from the hourly usage rollup. Month-to-date figures follow the quota rules of
+Read from the usage rollups. Month-to-date figures follow the quota rules of
 ``shared.usage``: calendar months in UTC, cache hits free, tokens = prompt +
 completion of calls that went upstream. The scopes and their limits are the
 proxy's: the global cap, each tenant's cap, each user's own limit (else its
@@ -9,18 +9,18 @@ tier's), and each key's own limit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from shared.accounts import get_global_monthly_usd
-from shared.analytics import Filters, Labels, owner_conditions
+from shared.analytics import Labels
 from shared.models import ApiKey, Tenant, Tier, User, usage_hourly_table
-from shared.rollup import as_utc, hour_of
+from shared.rollup import as_utc, day_of, hour_of
+from shared.rollup_query import Filters, owner_conditions, reading, scope_for, sums_of
 from shared.usage import month_of, month_start, next_month_start
 
 RUN_RATE_WINDOW = timedelta(days=7)
@@ -53,30 +53,32 @@ class Forecast:
 def month_forecast(engine: Engine, filters: Filters, now: datetime) -> Forecast:
     """This month's spend for the filtered owners and models, its run rate and forecast.
 
-    The time range of ``filters`` is not used: the month is the one ``now`` is in.
+    The time range of ``filters`` is not used: the month is the one ``now`` is in, and
+    the run rate is taken over the days since ``RUN_RATE_WINDOW`` ago (from midnight).
     """
     now = as_utc(now)
     month = month_of(now)
-    owners = owner_conditions(_hourly, filters)
-    cost = func.coalesce(func.sum(_hourly.c.cost_usd), 0)
-    window_start = hour_of(now - RUN_RATE_WINDOW)
-    with Session(engine) as session:
-        spent = session.scalar(
-            select(cost).where(*owners, _hourly.c.hour >= month_start(month), _hourly.c.hour < now)
-        )
-        recent = session.scalar(
-            select(cost).where(*owners, _hourly.c.hour >= window_start, _hourly.c.hour < now)
-        )
+    to_now = hour_of(now) + timedelta(hours=1)  # the rollup's grain: the current hour counts
+    month_so_far = scope_for(replace(filters, start=month_start(month), end=to_now))
+    recent = scope_for(replace(filters, start=now - RUN_RATE_WINDOW, end=to_now))
+    table = recent.table
+    time = table.c.hour if "hour" in table.c else table.c.day
+    with reading(engine) as connection:
+        spent_sums = sums_of(connection, month_so_far, {"usd": month_so_far.table.c.cost_usd})
+        recent_sums = sums_of(connection, recent, {"usd": table.c.cost_usd})
+        spent, recent_usd = float(spent_sums["usd"]), float(recent_sums["usd"])
         # A newer owner's rate is taken over the time since its first call, not a full window.
-        first = session.scalar(select(func.min(_hourly.c.hour)).where(*owners))
+        first = connection.scalar(select(func.min(time)).where(*owner_conditions(table, filters)))
+    with Session(engine) as session:
         cap_usd, cap_scope = _applicable_cap(session, filters)
+    window_start = day_of(now - RUN_RATE_WINDOW)
     recent_from = max(window_start, as_utc(first)) if first is not None else now
     window_days = max(now - recent_from, MIN_RUN_RATE_WINDOW) / timedelta(days=1)
     return Forecast(
         month=month,
-        spent_usd=float(spent or 0),
-        daily_rate_usd=float(recent or 0) / window_days,
-        forecast_usd=forecast_month_end(float(spent or 0), float(recent or 0), recent_from, now),
+        spent_usd=spent,
+        daily_rate_usd=recent_usd / window_days,
+        forecast_usd=forecast_month_end(spent, recent_usd, recent_from, now),
         cap_usd=cap_usd,
         cap_scope=cap_scope,
     )
@@ -114,49 +116,47 @@ def quota_use(engine: Engine, filters: Filters, now: datetime, labels: Labels) -
 
     Owner filters narrow the scopes shown; the global cap shows only without them.
     """
-    month = month_of(now)
-    in_month = [_hourly.c.hour >= month_start(month), _hourly.c.hour < next_month_start(month)]
+    spent = _month_spend(engine, month_of(now))
     uses: list[QuotaUse] = []
     with Session(engine) as session:
-        spent = {
-            scope: _month_spend(session, column, in_month)
-            for scope, column in (
-                ("tenant", _hourly.c.tenant_id),
-                ("user", _hourly.c.user_id),
-                ("key", _hourly.c.key_id),
-            )
-        }
         if not (filters.tenant_ids or filters.user_ids or filters.key_ids):
             cap = get_global_monthly_usd(session)
             if cap is not None:
                 usd = sum((s[1] for s in spent["tenant"].values()), Decimal(0))
                 uses.append(QuotaUse("global", "deployment", "USD", float(usd), float(cap)))
-        for scope, owner_id, usd_limit, token_limit in _limits(session, filters):
-            tokens, usd = spent[scope].get(owner_id, (0, Decimal(0)))
-            name = labels.name(scope, owner_id)  # type: ignore[arg-type]
-            if usd_limit is not None:
-                uses.append(QuotaUse(scope, name, "USD", float(usd), float(usd_limit)))
-            if token_limit is not None:
-                uses.append(QuotaUse(scope, name, "tokens", float(tokens), float(token_limit)))
+        limits = _limits(session, filters)
+    for scope, owner_id, usd_limit, token_limit in limits:
+        tokens, usd = spent[scope].get(owner_id, (0, Decimal(0)))
+        name = labels.name(scope, owner_id)  # type: ignore[arg-type]
+        if usd_limit is not None:
+            uses.append(QuotaUse(scope, name, "USD", float(usd), float(usd_limit)))
+        if token_limit is not None:
+            uses.append(QuotaUse(scope, name, "tokens", float(tokens), float(token_limit)))
     return sorted(uses, key=lambda use: (-use.fraction, use.scope, use.name))
 
 
-def _month_spend(
-    session: Session, column: Any, in_month: list[ColumnElement[bool]]
-) -> dict[int, tuple[int, Decimal]]:
+def _month_spend(engine: Engine, month: str) -> dict[str, dict[int, tuple[int, Decimal]]]:
+    """(tokens, USD) of the month per tenant, user and key id, in one pass over the rollup."""
+    c = _hourly.c
     query = (
         select(
-            column,
-            func.sum(_hourly.c.prompt_tokens + _hourly.c.completion_tokens),
-            func.sum(_hourly.c.cost_usd),
+            c.tenant_id,
+            c.user_id,
+            c.key_id,
+            func.sum(c.prompt_tokens + c.completion_tokens),
+            func.sum(c.cost_usd),
         )
-        .where(*in_month, column != 0)
-        .group_by(column)
+        .where(c.hour >= month_start(month), c.hour < next_month_start(month))
+        .group_by(c.tenant_id, c.user_id, c.key_id)
     )
-    return {
-        int(owner): (int(tokens or 0), Decimal(str(usd or 0)))
-        for owner, tokens, usd in session.execute(query)
-    }
+    spent: dict[str, dict[int, tuple[int, Decimal]]] = {"tenant": {}, "user": {}, "key": {}}
+    with reading(engine) as connection:
+        for tenant_id, user_id, key_id, tokens, usd in connection.execute(query):
+            amount = (int(tokens or 0), Decimal(str(usd or 0)))
+            for scope, owner in (("tenant", tenant_id), ("user", user_id), ("key", key_id)):
+                before = spent[scope].get(owner, (0, Decimal(0)))
+                spent[scope][owner] = (before[0] + amount[0], before[1] + amount[1])
+    return spent
 
 
 def _limits(

@@ -345,6 +345,21 @@ def _usage_sums() -> list[Column[Any]]:
     ]
 
 
+def _errors_and_latencies() -> list[Column[Any]]:
+    return [
+        # The record's error_code, "http_<status>" for an error without one, "" for success.
+        Column("error_code", String(100), nullable=False),
+        Column("refusal_reason", String(32), nullable=False),
+        Column("errors", BigInteger, nullable=False),
+        *_usage_sums(),
+        *(
+            Column(latency_column(metric, bucket), Integer)
+            for metric in LATENCY_METRICS
+            for bucket in range(LATENCY_BUCKETS)
+        ),
+    ]
+
+
 # One row per hour x tenant x user x key x model x provider x error code x refusal reason.
 # Missing ids are 0 and missing names "" so that the primary key can take them.
 usage_hourly_table = Table(
@@ -356,16 +371,7 @@ usage_hourly_table = Table(
     Column("key_id", Integer, nullable=False),
     Column("model", String(200), nullable=False),
     Column("provider", String(32), nullable=False),
-    # The record's error_code, "http_<status>" for an error without one, "" for success.
-    Column("error_code", String(100), nullable=False),
-    Column("refusal_reason", String(32), nullable=False),
-    Column("errors", BigInteger, nullable=False),
-    *_usage_sums(),
-    *(
-        Column(latency_column(metric, bucket), Integer)
-        for metric in LATENCY_METRICS
-        for bucket in range(LATENCY_BUCKETS)
-    ),
+    *_errors_and_latencies(),
     PrimaryKeyConstraint(
         "hour",
         "tenant_id",
@@ -376,6 +382,18 @@ usage_hourly_table = Table(
         "error_code",
         "refusal_reason",
     ),
+)
+
+# The same per day and tenant, without users and keys: small enough for month-long charts.
+usage_daily_table = Table(
+    "usage_daily",
+    Base.metadata,
+    Column("day", DateTime(timezone=True), nullable=False),
+    Column("tenant_id", Integer, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("provider", String(32), nullable=False),
+    *_errors_and_latencies(),
+    PrimaryKeyConstraint("day", "tenant_id", "model", "provider", "error_code", "refusal_reason"),
 )
 
 # End users are many: their rollup is per day, without errors or latencies.

@@ -1,15 +1,19 @@
 """The usage rollups the dashboards read, kept up to date as records are written.
 
-``usage_hourly`` holds one row per hour x tenant x user x key x model x provider x
-error code x refusal reason: counts, tokens, cost, savings and latency histograms.
-``usage_end_user_daily`` holds one row per day x tenant x user x key x end user x
-model x provider (end users are many, so no hours, errors or latencies there).
+Three tables (``shared.models``), each a set of sums per time bucket and key:
+
+- ``usage_hourly``: hour x tenant x user x key x model x provider x error code x
+  refusal reason; counts, tokens, cost, savings and latency histograms.
+- ``usage_daily``: the same per day and tenant, without users and keys, so that
+  month-long charts read thousands of rows, not hundreds of thousands.
+- ``usage_end_user_daily``: day x tenant x user x key x end user x model x provider;
+  sums only (end users are many).
 
 ``add_records`` is called by ``shared.records.write_records`` in the transaction
 that inserts the records, with only the rows that insert really added, so a
-replayed batch never counts twice. ``rebuild`` recomputes both rollups from the
-raw records in SQL; the two paths classify a record the same way, which the
-tests check by comparing a rollup built incrementally with a rebuilt one.
+replayed batch never counts twice. ``rebuild`` recomputes the rollups from the raw
+records in SQL; both paths classify a record the same way, which the tests check by
+comparing a rollup built incrementally with a rebuilt one.
 
 Hours and days are UTC. A missing id is stored as 0 and a missing name as "".
 """
@@ -17,8 +21,8 @@ Hours and days are UTC. A missing id is stored as 0 and a missing name as "".
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
@@ -53,20 +57,10 @@ from shared.models import (
     RequestRecord,
     end_user_daily_table,
     latency_column,
+    usage_daily_table,
     usage_hourly_table,
 )
 
-HOURLY_KEY = (
-    "hour",
-    "tenant_id",
-    "user_id",
-    "key_id",
-    "model",
-    "provider",
-    "error_code",
-    "refusal_reason",
-)
-DAILY_KEY = ("day", "tenant_id", "user_id", "key_id", "end_user", "model", "provider")
 # The request_records column measured by each latency histogram.
 METRIC_SOURCES = {
     "total": "latency_ms",
@@ -74,9 +68,23 @@ METRIC_SOURCES = {
     "overhead": "overhead_ms",
     "ttft": "ttft_ms",
 }
-_ZERO: ColumnElement[int] = literal_column("0")  # inline: ~180 bound zeros per row cost real time
-_SQLITE_HOUR = "%Y-%m-%d %H:00:00.000000"  # SQLAlchemy's SQLite DATETIME text format
-_SQLITE_DAY = "%Y-%m-%d 00:00:00.000000"
+SUM_COLUMNS = (
+    "requests",
+    "cache_hits",
+    "prompt_tokens",
+    "completion_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_hit_tokens",
+    "cost_usd",
+    "response_cache_saved_usd",
+    "prompt_cache_saved_usd",
+)
+_ZERO: ColumnElement[int] = literal_column("0")  # inline: ~180 bound zeros per row cost time
+_SQLITE_FORMATS = {  # SQLAlchemy's SQLite DATETIME text format
+    "hour": "%Y-%m-%d %H:00:00.000000",
+    "day": "%Y-%m-%d 00:00:00.000000",
+}
 
 
 def as_utc(at: datetime) -> datetime:
@@ -104,138 +112,162 @@ def error_code_of(error_code: str | None, status: int) -> str:
     return f"http_{status}" if status >= 400 else ""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """One rollup table: its time grain, the record fields it is keyed by, its sums."""
+
+    table: Table
+    grain: str  # "hour" or "day", also the name of the time column
+    keys: tuple[str, ...]  # after the time column
+    has_latencies: bool
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return (self.grain, *self.keys)
+
+
+HOURLY = Rollup(
+    usage_hourly_table,
+    "hour",
+    ("tenant_id", "user_id", "key_id", "model", "provider", "error_code", "refusal_reason"),
+    has_latencies=True,
+)
+DAILY = Rollup(
+    usage_daily_table,
+    "day",
+    ("tenant_id", "model", "provider", "error_code", "refusal_reason"),
+    has_latencies=True,
+)
+END_USER_DAILY = Rollup(
+    end_user_daily_table,
+    "day",
+    ("tenant_id", "user_id", "key_id", "end_user", "model", "provider"),
+    has_latencies=False,
+)
+ROLLUPS = (HOURLY, DAILY, END_USER_DAILY)  # also the order rows are locked in
+
+_TRUNCATE: dict[str, Callable[[datetime], datetime]] = {"hour": hour_of, "day": day_of}
+_KEY_VALUES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "tenant_id": lambda row: row["tenant_id"] or 0,
+    "user_id": lambda row: row["user_id"] or 0,
+    "key_id": lambda row: row["key_id"] or 0,
+    "model": lambda row: row["model"] or "",
+    "provider": lambda row: row["provider"] or "",
+    "end_user": lambda row: row["end_user"] or "",
+    "error_code": lambda row: error_code_of(row["error_code"], row["status"]),
+    "refusal_reason": lambda row: row["refusal_reason"] or "",
+}
+
+
 class _Sums:
-    requests: int = 0
-    cache_hits: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    cache_hit_tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    response_cache_saved_usd: Decimal = Decimal(0)
-    prompt_cache_saved_usd: Decimal = Decimal(0)
+    """One rollup row's sums, as ``add_records`` accumulates them."""
+
+    def __init__(self, has_latencies: bool) -> None:
+        self.values: dict[str, Any] = dict.fromkeys(SUM_COLUMNS, 0)
+        for name in ("cost_usd", "response_cache_saved_usd", "prompt_cache_saved_usd"):
+            self.values[name] = Decimal(0)
+        self.histograms: dict[str, list[int]] | None = None
+        if has_latencies:
+            self.values["errors"] = 0
+            self.histograms = {metric: [0] * LATENCY_BUCKETS for metric in LATENCY_METRICS}
 
     def add(self, row: Mapping[str, Any]) -> None:
-        self.requests += 1
-        self.cost_usd += Decimal(row["cost_usd"])
+        values = self.values
+        values["requests"] += 1
+        values["cost_usd"] += Decimal(row["cost_usd"])
         saved = Decimal(row["cache_saved_usd"])
         if row["is_cached"]:
-            self.cache_hits += 1
-            self.cache_hit_tokens += row["prompt_tokens"] + row["completion_tokens"]
-            self.response_cache_saved_usd += saved
+            values["cache_hits"] += 1
+            values["cache_hit_tokens"] += row["prompt_tokens"] + row["completion_tokens"]
+            values["response_cache_saved_usd"] += saved
+        else:
+            for name in ("prompt_tokens", "completion_tokens"):
+                values[name] += row[name]
+            for name in ("cache_read_tokens", "cache_write_tokens"):
+                values[name] += row[name]
+            values["prompt_cache_saved_usd"] += saved
+        if self.histograms is None:
             return
-        self.prompt_tokens += row["prompt_tokens"]
-        self.completion_tokens += row["completion_tokens"]
-        self.cache_read_tokens += row["cache_read_tokens"]
-        self.cache_write_tokens += row["cache_write_tokens"]
-        self.prompt_cache_saved_usd += saved
-
-    def values(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-@dataclass(slots=True)
-class _HourSums:
-    sums: _Sums = field(default_factory=_Sums)
-    errors: int = 0
-    histograms: dict[str, list[int]] = field(
-        default_factory=lambda: {metric: [0] * LATENCY_BUCKETS for metric in LATENCY_METRICS}
-    )
-
-    def add(self, row: Mapping[str, Any]) -> None:
-        self.sums.add(row)
         if row["status"] >= 400:
-            self.errors += 1
+            values["errors"] += 1
         for metric, source in METRIC_SOURCES.items():
             value = row[source]
             if value is not None:
                 self.histograms[metric][latency_bucket(value)] += 1
 
-    def values(self) -> dict[str, Any]:
-        values = {"errors": self.errors, **self.sums.values()}
-        for metric, counts in self.histograms.items():
+    def columns(self) -> dict[str, Any]:
+        columns = dict(self.values)
+        for metric, counts in (self.histograms or {}).items():
             for bucket, count in enumerate(counts):
-                values[latency_column(metric, bucket)] = count or None
-        return values
+                columns[latency_column(metric, bucket)] = count or None
+        return columns
 
 
-def rollup_rows(
-    records: Iterable[Mapping[str, Any]],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Aggregate ``request_records`` rows into (hourly, end-user daily) rollup rows.
-
-    Rows come sorted by key, so that concurrent writers lock rollup rows in the
-    same order and cannot deadlock each other.
-    """
-    hourly: dict[tuple[Any, ...], _HourSums] = {}
-    daily: dict[tuple[Any, ...], _Sums] = {}
+def rollup_rows(rollup: Rollup, records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Aggregate ``request_records`` rows into ``rollup``'s rows, sorted by key (so that
+    concurrent writers lock rollup rows in the same order and cannot deadlock)."""
+    truncate = _TRUNCATE[rollup.grain]
+    getters = [_KEY_VALUES[name] for name in rollup.keys]
+    sums: dict[tuple[Any, ...], _Sums] = {}
     for row in records:
-        owner = (row["tenant_id"] or 0, row["user_id"] or 0, row["key_id"] or 0)
-        model, provider = row["model"] or "", row["provider"] or ""
-        hour_key = (
-            hour_of(row["created_at"]),
-            *owner,
-            model,
-            provider,
-            error_code_of(row["error_code"], row["status"]),
-            row["refusal_reason"] or "",
-        )
-        hourly.setdefault(hour_key, _HourSums()).add(row)
-        day_key = (day_of(row["created_at"]), *owner, row["end_user"] or "", model, provider)
-        daily.setdefault(day_key, _Sums()).add(row)
-    return (
-        [dict(zip(HOURLY_KEY, key, strict=True)) | hourly[key].values() for key in sorted(hourly)],
-        [dict(zip(DAILY_KEY, key, strict=True)) | daily[key].values() for key in sorted(daily)],
-    )
+        key = (truncate(row["created_at"]), *(get(row) for get in getters))
+        if key not in sums:
+            sums[key] = _Sums(rollup.has_latencies)
+        sums[key].add(row)
+    return [
+        dict(zip(rollup.key_columns, key, strict=True)) | sums[key].columns()
+        for key in sorted(sums)
+    ]
 
 
 def add_records(connection: Connection, records: Sequence[Mapping[str, Any]]) -> None:
-    """Add newly inserted ``request_records`` rows to the rollups, in the caller's transaction."""
+    """Add newly inserted ``request_records`` rows to every rollup, in the caller's
+    transaction. Raises what the database raises; the caller's transaction then rolls
+    back the records too."""
     if not records:
         return
-    hourly, daily = rollup_rows(records)
-    dialect = connection.dialect.name
-    connection.execute(_upsert(dialect, usage_hourly_table, HOURLY_KEY), hourly)
-    connection.execute(_upsert(dialect, end_user_daily_table, DAILY_KEY), daily)
+    for rollup in ROLLUPS:
+        upsert = _upsert(connection.dialect.name, rollup)
+        connection.execute(upsert, rollup_rows(rollup, records))
 
 
 @cache  # ~200 columns: build each statement once (SQLAlchemy caches its compiled form)
-def _upsert(dialect: str, table: Table, key: tuple[str, ...]) -> Insert:
-    """INSERT ... ON CONFLICT (key) DO UPDATE SET every sum to old + new (NULL stays zero)."""
+def _upsert(dialect: str, rollup: Rollup) -> Insert:
+    """INSERT ... ON CONFLICT (key) DO UPDATE SET every sum to old + new (NULL is zero)."""
     statement: postgresql.Insert | sqlite.Insert
     if dialect == "postgresql":
-        statement = postgresql.insert(table)
+        statement = postgresql.insert(rollup.table)
     elif dialect == "sqlite":
-        statement = sqlite.insert(table)
+        statement = sqlite.insert(rollup.table)
     else:
         raise NotImplementedError(f"unsupported database dialect {dialect}")
     excluded = statement.excluded
     updates: dict[str, ColumnElement[Any]] = {}
-    for column in table.columns:
-        if column.name in key:
+    for column in rollup.table.columns:
+        if column.name in rollup.key_columns:
             continue
         if column.nullable:
             total = func.coalesce(column, _ZERO) + func.coalesce(excluded[column.name], _ZERO)
             updates[column.name] = func.nullif(total, _ZERO)
         else:
             updates[column.name] = column + excluded[column.name]
-    return statement.on_conflict_do_update(index_elements=list(key), set_=updates)
+    return statement.on_conflict_do_update(index_elements=list(rollup.key_columns), set_=updates)
+
+
+# -- rebuilding from the raw records ----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class RebuildResult:
-    hourly_rows: int
-    daily_rows: int
+    rows: dict[str, int]  # rows written per rollup table
 
 
 def rebuild(engine: Engine, since: datetime | None = None) -> RebuildResult:
-    """Recompute both rollups from the raw records created from ``since`` (all if None).
+    """Recompute every rollup from the raw records created from ``since`` (all if None).
 
-    The hourly rollup is rebuilt from the hour ``since`` falls in and the daily one
-    from its day. On PostgreSQL the rollup tables are locked for the transaction, so
-    records written meanwhile are counted exactly once (writers wait, then add theirs).
+    Hourly rows are rebuilt from the hour ``since`` falls in, daily ones from its day.
+    On PostgreSQL the rollup tables are locked for the transaction, so records written
+    meanwhile are counted exactly once (their writers wait, then add them).
     """
     with engine.begin() as connection:
         return rebuild_on(connection, since)
@@ -245,21 +277,19 @@ def rebuild_on(connection: Connection, since: datetime | None) -> RebuildResult:
     """``rebuild`` inside the caller's transaction."""
     dialect = connection.dialect.name
     if dialect == "postgresql":
-        connection.execute(
-            text("LOCK TABLE usage_hourly, usage_end_user_daily IN SHARE ROW EXCLUSIVE MODE")
-        )
-    hour_from = None if since is None else hour_of(since)
-    day_from = None if since is None else day_of(since)
-    clear_hours = delete(usage_hourly_table)
-    clear_days = delete(end_user_daily_table)
-    if hour_from is not None and day_from is not None:
-        clear_hours = clear_hours.where(usage_hourly_table.c.hour >= hour_from)
-        clear_days = clear_days.where(end_user_daily_table.c.day >= day_from)
-    connection.execute(clear_hours)
-    connection.execute(clear_days)
-    hourly = connection.execute(_rebuild_hourly(dialect, hour_from))
-    daily = connection.execute(_rebuild_daily(dialect, day_from))
-    return RebuildResult(hourly_rows=hourly.rowcount, daily_rows=daily.rowcount)
+        names = ", ".join(rollup.table.name for rollup in ROLLUPS)
+        connection.execute(text(f"LOCK TABLE {names} IN SHARE ROW EXCLUSIVE MODE"))
+        # JIT compiling ~200 aggregates takes minutes; running them takes seconds.
+        connection.execute(text("SET LOCAL jit = off"))
+    rows = {}
+    for rollup in ROLLUPS:
+        start = None if since is None else _TRUNCATE[rollup.grain](since)
+        clear = delete(rollup.table)
+        if start is not None:
+            clear = clear.where(rollup.table.c[rollup.grain] >= start)
+        connection.execute(clear)
+        rows[rollup.table.name] = connection.execute(_rebuild(dialect, rollup, start)).rowcount
+    return RebuildResult(rows)
 
 
 def backfill_if_empty(engine: Engine) -> bool:
@@ -278,31 +308,37 @@ def backfill_if_empty(engine: Engine) -> bool:
     return True
 
 
-# -- the rebuild in SQL: the same classification as rollup_rows -------------------------
-
 _record = RequestRecord.__table__.c
 
 
-def _truncated(dialect: str, unit: str) -> ColumnElement[Any]:
+def _truncated(dialect: str, grain: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
-        return func.date_trunc(unit, _record.created_at, "UTC", type_=DateTime(timezone=True))
+        return func.date_trunc(grain, _record.created_at, "UTC", type_=DateTime(timezone=True))
     if dialect == "sqlite":
-        return func.strftime(_SQLITE_HOUR if unit == "hour" else _SQLITE_DAY, _record.created_at)
+        return func.strftime(_SQLITE_FORMATS[grain], _record.created_at)
     raise NotImplementedError(f"unsupported database dialect {dialect}")
 
 
-def _bucket(column: ColumnElement[Any]) -> ColumnElement[Any]:
+def _bucket(dialect: str, column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The histogram bucket of ``column``, as ``latency_bucket`` computes it."""
+    if dialect == "postgresql":  # a binary search: the number of edges <= the value
+        edges = postgresql.array([literal(edge) for edge in LATENCY_EDGES_MS])
+        return func.width_bucket(column, edges)
     whens: list[tuple[ColumnElement[bool], Any]] = [(column.is_(None), null())]
     whens += [(column < edge, bucket) for bucket, edge in enumerate(LATENCY_EDGES_MS)]
     return case(*whens, else_=len(LATENCY_EDGES_MS))
 
 
-def _owner_columns() -> list[ColumnElement[Any]]:
-    return [
-        func.coalesce(_record.tenant_id, 0).label("tenant_id"),
-        func.coalesce(_record.user_id, 0).label("user_id"),
-        func.coalesce(_record.key_id, 0).label("key_id"),
-    ]
+def _sql_key(name: str) -> ColumnElement[Any]:
+    """A rollup key from a record, as ``_KEY_VALUES`` computes it."""
+    if name == "error_code":
+        return case(
+            (func.coalesce(_record.error_code, "") != "", _record.error_code),
+            (_record.status >= 400, literal("http_") + cast(_record.status, SqlString)),
+            else_="",
+        )
+    default = 0 if name.endswith("_id") else ""
+    return func.coalesce(_record[name], default)
 
 
 def _per_record_sums() -> list[ColumnElement[Any]]:
@@ -324,58 +360,34 @@ def _per_record_sums() -> list[ColumnElement[Any]]:
     ]
 
 
-SUM_COLUMNS = tuple(c.name for c in end_user_daily_table.columns if c.name not in DAILY_KEY)
-
-
-def _rebuild_hourly(dialect: str, since: datetime | None) -> Insert:
-    error_code = case(
-        (func.coalesce(_record.error_code, "") != "", _record.error_code),
-        (_record.status >= 400, literal("http_") + cast(_record.status, SqlString)),
-        else_="",
-    )
-    per_record = select(
-        _truncated(dialect, "hour").label("hour"),
-        *_owner_columns(),
-        func.coalesce(_record.model, "").label("model"),
-        func.coalesce(_record.provider, "").label("provider"),
-        error_code.label("error_code"),
-        func.coalesce(_record.refusal_reason, "").label("refusal_reason"),
-        case((_record.status >= 400, 1), else_=0).label("errors"),
+def _rebuild(dialect: str, rollup: Rollup, since: datetime | None) -> Insert:
+    """INSERT INTO the rollup SELECT its sums from the records created from ``since``."""
+    per_record_columns = [
+        _truncated(dialect, rollup.grain).label(rollup.grain),
+        *(_sql_key(name).label(name) for name in rollup.keys),
         *_per_record_sums(),
-        *(_bucket(_record[source]).label(f"b_{m}") for m, source in METRIC_SOURCES.items()),
-    )
-    if since is not None:
-        per_record = per_record.where(_record.created_at >= since)
-    rows = per_record.subquery("per_record")
-    histogram_columns = [
-        func.sum(case((rows.c[f"b_{metric}"] == bucket, 1))).label(latency_column(metric, bucket))
-        for metric in LATENCY_METRICS
-        for bucket in range(LATENCY_BUCKETS)
     ]
-    keys = [rows.c[name] for name in HOURLY_KEY]
-    grouped = select(
-        *keys,
-        func.sum(rows.c.errors).label("errors"),
-        *(func.sum(rows.c[name]).label(name) for name in SUM_COLUMNS),
-        *histogram_columns,
-    ).group_by(*keys)
-    names = [*HOURLY_KEY, "errors", *SUM_COLUMNS, *(c.name for c in histogram_columns)]
-    return usage_hourly_table.insert().from_select(names, grouped)
-
-
-def _rebuild_daily(dialect: str, since: datetime | None) -> Insert:
-    per_record = select(
-        _truncated(dialect, "day").label("day"),
-        *_owner_columns(),
-        func.coalesce(_record.end_user, "").label("end_user"),
-        func.coalesce(_record.model, "").label("model"),
-        func.coalesce(_record.provider, "").label("provider"),
-        *_per_record_sums(),
-    )
+    if rollup.has_latencies:
+        per_record_columns.append(case((_record.status >= 400, 1), else_=0).label("errors"))
+        per_record_columns += [
+            _bucket(dialect, _record[source]).label(f"b_{metric}")
+            for metric, source in METRIC_SOURCES.items()
+        ]
+    per_record = select(*per_record_columns)
     if since is not None:
         per_record = per_record.where(_record.created_at >= since)
-    rows = per_record.subquery("per_record")
-    keys = [rows.c[name] for name in DAILY_KEY]
-    grouped = select(*keys, *(func.sum(rows.c[name]).label(name) for name in SUM_COLUMNS))
-    grouped = grouped.group_by(*keys)
-    return end_user_daily_table.insert().from_select([*DAILY_KEY, *SUM_COLUMNS], grouped)
+    # OFFSET 0 keeps the planner from inlining the bucket expressions into every sum.
+    rows = per_record.offset(0).subquery("per_record")
+    sums = [func.sum(rows.c[name]).label(name) for name in SUM_COLUMNS]
+    if rollup.has_latencies:
+        sums.append(func.sum(rows.c.errors).label("errors"))
+        sums += [
+            func.sum(case((rows.c[f"b_{metric}"] == bucket, 1))).label(
+                latency_column(metric, bucket)
+            )
+            for metric in LATENCY_METRICS
+            for bucket in range(LATENCY_BUCKETS)
+        ]
+    keys = [rows.c[name] for name in rollup.key_columns]
+    grouped = select(*keys, *sums).group_by(*keys)
+    return rollup.table.insert().from_select([c.name for c in grouped.selected_columns], grouped)

@@ -224,7 +224,7 @@ def test_support_searches_a_conversation_and_replays_it(
 
     button(page, "Replay through the proxy").click()
     settle(page)
-    expect(page.get_by_text("Replay answer")).to_be_visible()
+    expect(page.get_by_text("Replay answer", exact=True)).to_be_visible()
     shoot(page, "92-replay")
     with transaction(console_engine) as session:
         original = session.scalars(

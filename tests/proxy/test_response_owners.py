@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlalchemy import Engine
 
 from proxy.errors import GatewayError, NotFound
@@ -141,7 +143,7 @@ def test_memory_store_drops_the_least_recently_used_past_its_bound() -> None:
 
 
 def test_unreachable_redis_falls_back_to_the_request_log(engine: Engine) -> None:
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    dead = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
     owners = ResponseOwners(RedisOwnerStore(dead), engine, ttl_seconds=60)
     response_id = new_id()
     owners.remember(response_id, TENANT_A)  # logged, not raised

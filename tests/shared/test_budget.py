@@ -84,8 +84,8 @@ def test_month_forecast_reads_this_month_and_the_last_seven_days(engine: Engine)
 
     assert forecast.month == "2033-01"
     assert forecast.spent_usd == pytest.approx(17.0)
-    # The 7-day window starts on the hour (Jan 8 12:00): it holds Jan 9..15's $7.
-    window_days = (NOW - datetime(2033, 1, 8, 12, tzinfo=UTC)) / timedelta(days=1)
+    # The 7-day window starts at midnight (Jan 8): it holds Jan 9..15's $7.
+    window_days = (NOW - datetime(2033, 1, 8, tzinfo=UTC)) / timedelta(days=1)
     assert forecast.daily_rate_usd == pytest.approx(7.0 / window_days)
     remaining_days = (datetime(2033, 2, 1, tzinfo=UTC) - NOW) / timedelta(days=1)
     assert forecast.forecast_usd == pytest.approx(17.0 + 7.0 * remaining_days / window_days)
@@ -96,7 +96,8 @@ def test_a_new_owner_s_rate_counts_from_its_first_call(engine: Engine) -> None:
     owner = fresh_owner()
     write_records(engine, [call(NOW - timedelta(days=2), tenant_id=owner, cost_usd=Decimal(4))])
     forecast = month_forecast(engine, Filters(NOW, NOW, tenant_ids=(owner,)), NOW)
-    assert forecast.daily_rate_usd == pytest.approx(4 / (2 + 0.5 / 24), rel=1e-6)
+    since_first_day = (NOW - datetime(2033, 1, 13, tzinfo=UTC)) / timedelta(days=1)
+    assert forecast.daily_rate_usd == pytest.approx(4 / since_first_day, rel=1e-6)
 
 
 def test_quota_use_shows_every_limited_scope_fullest_first(tmp_path: Path) -> None:

@@ -10,17 +10,16 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, Table, select, update
+from sqlalchemy import Engine, select, update
 
 from shared.db import make_engine, upgrade
 from shared.models import (
     LATENCY_EDGES_MS,
-    end_user_daily_table,
     latency_column,
     usage_hourly_table,
 )
 from shared.records import write_records
-from shared.rollup import as_utc, error_code_of, latency_bucket, rebuild
+from shared.rollup import ROLLUPS, as_utc, error_code_of, latency_bucket, rebuild
 from tests.shared.usage_records import call, fresh_owner, varied_records
 
 
@@ -40,15 +39,11 @@ def fresh_start() -> datetime:
 
 
 def snapshot(engine: Engine, owner: int, start: datetime) -> dict[str, dict[tuple[Any, ...], Any]]:
-    """Both rollups' rows of ``owner`` (and anonymous ones) from ``start`` on, normalised."""
-    tables: list[tuple[Table, str]] = [
-        (usage_hourly_table, "hour"),
-        (end_user_daily_table, "day"),
-    ]
+    """Every rollup's rows of ``owner`` (and anonymous ones) around ``start``, normalised."""
     result = {}
     with engine.connect() as connection:
-        for table, time_column in tables:
-            key_columns = [c.name for c in table.primary_key.columns]
+        for rollup in ROLLUPS:
+            table, time_column = rollup.table, rollup.grain
             query = select(table).where(
                 table.c.tenant_id.in_([owner, 0]),
                 table.c[time_column] >= start - timedelta(days=1),
@@ -58,7 +53,7 @@ def snapshot(engine: Engine, owner: int, start: datetime) -> dict[str, dict[tupl
             for row in connection.execute(query).mappings():
                 values = {name: _normal(value) for name, value in row.items()}
                 values[time_column] = as_utc(row[time_column])
-                rows[tuple(values[name] for name in key_columns)] = values
+                rows[tuple(values[name] for name in rollup.key_columns)] = values
             result[table.name] = rows
     return result
 
@@ -113,8 +108,10 @@ def test_rollup_equals_a_rebuild_after_writes_and_duplicate_replays(engine: Engi
     assert sum(row["requests"] for row in hourly) == len(records)
     assert sum(row["cache_hits"] for row in hourly) == sum(r.is_cached for r in records)
     assert sum(row["cost_usd"] for row in hourly) == sum(r.cost_usd for r in records)
-    daily = incremental["usage_end_user_daily"].values()
-    assert sum(row["requests"] for row in daily) == len(records)
+    for table in ("usage_daily", "usage_end_user_daily"):
+        assert sum(row["requests"] for row in incremental[table].values()) == len(records)
+    daily = incremental["usage_daily"].values()
+    assert sum(row["errors"] for row in daily) == sum(r.status >= 400 for r in records)
 
 
 def test_a_replayed_batch_adds_nothing(engine: Engine) -> None:
@@ -216,8 +213,8 @@ def test_upgrade_fills_an_empty_rollup_from_the_records(tmp_path: Any) -> None:
         write_records(engine, varied_records(owner, start, 50, seed=5))
         written = snapshot(engine, owner, start)
         with engine.begin() as connection:
-            connection.execute(usage_hourly_table.delete())
-            connection.execute(end_user_daily_table.delete())
+            for rollup in ROLLUPS:
+                connection.execute(rollup.table.delete())
         upgrade(url)
         assert snapshot(engine, owner, start) == written
     finally:

@@ -3,9 +3,10 @@
 Revision ID: 0003
 Revises: 0002
 
-Two rollup tables maintained by ``shared.rollup`` as records are written:
+Three rollup tables maintained by ``shared.rollup`` as records are written:
 ``usage_hourly`` (hour x tenant x user x key x model x provider x error code x
-refusal reason, with latency histograms) and ``usage_end_user_daily``.
+refusal reason, with latency histograms), ``usage_daily`` (the same per day and
+tenant, without users and keys) and ``usage_end_user_daily``.
 ``shared.db.upgrade`` fills them from the records already logged (with the
 live rollup code, against the head schema), so an upgraded deployment's
 dashboards show its history.
@@ -43,15 +44,8 @@ def _sums() -> list[sa.Column[object]]:
     ]
 
 
-def upgrade() -> None:
-    op.create_table(
-        "usage_hourly",
-        sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("tenant_id", sa.Integer(), nullable=False),
-        sa.Column("user_id", sa.Integer(), nullable=False),
-        sa.Column("key_id", sa.Integer(), nullable=False),
-        sa.Column("model", sa.String(length=200), nullable=False),
-        sa.Column("provider", sa.String(length=32), nullable=False),
+def _errors_and_latencies() -> list[sa.Column[object]]:
+    return [
         sa.Column("error_code", sa.String(length=100), nullable=False),
         sa.Column("refusal_reason", sa.String(length=32), nullable=False),
         sa.Column("errors", sa.BigInteger(), nullable=False),
@@ -61,6 +55,19 @@ def upgrade() -> None:
             for metric in LATENCY_METRICS
             for bucket in range(LATENCY_BUCKETS)
         ),
+    ]
+
+
+def upgrade() -> None:
+    op.create_table(
+        "usage_hourly",
+        sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("tenant_id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("key_id", sa.Integer(), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.Column("provider", sa.String(length=32), nullable=False),
+        *_errors_and_latencies(),
         sa.PrimaryKeyConstraint(
             "hour",
             "tenant_id",
@@ -71,6 +78,23 @@ def upgrade() -> None:
             "error_code",
             "refusal_reason",
             name=op.f("pk_usage_hourly"),
+        ),
+    )
+    op.create_table(
+        "usage_daily",
+        sa.Column("day", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("tenant_id", sa.Integer(), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.Column("provider", sa.String(length=32), nullable=False),
+        *_errors_and_latencies(),
+        sa.PrimaryKeyConstraint(
+            "day",
+            "tenant_id",
+            "model",
+            "provider",
+            "error_code",
+            "refusal_reason",
+            name=op.f("pk_usage_daily"),
         ),
     )
     op.create_table(
@@ -98,4 +122,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("usage_end_user_daily")
+    op.drop_table("usage_daily")
     op.drop_table("usage_hourly")

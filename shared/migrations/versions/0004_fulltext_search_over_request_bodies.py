@@ -33,9 +33,11 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
+# One body, whatever it holds: JSON (its string values), else plain text (its leading part
+# when too big for one tsvector). The slow path: the common one is in the function below.
 PG_BODY_TSVECTOR = r"""
 CREATE FUNCTION metergate_body_tsvector(body text) RETURNS tsvector
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+LANGUAGE plpgsql IMMUTABLE AS $fn$
 BEGIN
     IF body IS NULL OR body = '' THEN
         RETURN ''::tsvector;
@@ -45,7 +47,7 @@ BEGIN
             RETURN pg_catalog.to_tsvector('pg_catalog.simple', body::jsonb);
         EXCEPTION WHEN invalid_text_representation OR untranslatable_character
                        OR program_limit_exceeded THEN
-            NULL;  -- not JSON jsonb takes, or too much text: index it as plain text
+            NULL;  -- not JSON jsonb takes (a \u0000 escape), or too much text: plain text
         END;
     END IF;
     BEGIN
@@ -57,14 +59,27 @@ END
 $fn$
 """
 
+# Both bodies of a record. Not PARALLEL SAFE: exception blocks need subtransactions. One
+# block on the common path (two JSON bodies of reasonable size); anything else body by body.
 PG_SEARCH_DOCUMENT = r"""
 CREATE FUNCTION metergate_search_document(request_body text, response_body text)
 RETURNS tsvector
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+LANGUAGE plpgsql IMMUTABLE AS $fn$
 BEGIN
-    RETURN metergate_body_tsvector(request_body) || metergate_body_tsvector(response_body);
-EXCEPTION WHEN program_limit_exceeded THEN
-    RETURN metergate_body_tsvector(request_body);  -- together too big for one tsvector
+    IF length(request_body) + length(response_body) <= 200000 THEN
+        BEGIN
+            RETURN pg_catalog.to_tsvector('pg_catalog.simple', request_body::jsonb)
+                || pg_catalog.to_tsvector('pg_catalog.simple', response_body::jsonb);
+        EXCEPTION WHEN invalid_text_representation OR untranslatable_character
+                       OR program_limit_exceeded THEN
+            NULL;
+        END;
+    END IF;
+    BEGIN
+        RETURN metergate_body_tsvector(request_body) || metergate_body_tsvector(response_body);
+    EXCEPTION WHEN program_limit_exceeded THEN
+        RETURN metergate_body_tsvector(request_body);  -- together too big for one tsvector
+    END;
 END
 $fn$
 """
