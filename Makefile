@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install migrate demo test lint typecheck pytest services simulator proxy console bench clean
+.PHONY: install migrate demo test lint typecheck pytest services browser compose-cli simulator proxy console bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ demo: install
 services:
 	@bash .ci/services
 
+# The console's end-to-end test drives Debian's headless Chromium.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+# The compose test checks docker-compose.yml with Debian's docker-compose (no engine needed).
+compose-cli:
+	@command -v docker-compose >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; }
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -31,7 +41,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install services
+pytest: install services browser compose-cli
 	$(BIN)/pytest
 
 test: lint typecheck pytest

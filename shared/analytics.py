@@ -37,7 +37,6 @@ from shared.rollup_query import (
     HOURLY_RANGE,
     Filters,
     Granularity,
-    Scope,
     reading,
     scope_for,
     series,
@@ -104,8 +103,7 @@ def load_labels(engine: Engine) -> Labels:
 # -- spend ------------------------------------------------------------------------------
 
 
-def _scope(filters: Filters, by: Dimension | None = None) -> Scope:
-    return scope_for(filters, by_owner=by in ("user", "key"), end_users=by == "end_user")
+SPEND_COLUMNS = ("cost_usd", "prompt_tokens", "completion_tokens", "requests")
 
 
 def _spend_sums(table: Table) -> dict[str, ColumnElement[Any]]:
@@ -131,7 +129,7 @@ def spend_over_time(
 ) -> list[SpendPoint]:
     """Cost, tokens (of calls that went upstream) and requests per period and group;
     groups beyond the ``top`` by cost are summed as "other"."""
-    scope = _scope(filters, by)
+    scope = scope_for(filters, (_COLUMNS[by], *SPEND_COLUMNS))
     group = scope.table.c[_COLUMNS[by]]
     with reading(engine) as connection:
         rows = series(
@@ -162,7 +160,7 @@ def top_spenders(
     engine: Engine, filters: Filters, by: Dimension, labels: Labels, *, limit: int = 10
 ) -> list[Spender]:
     """The ``limit`` largest spenders. End users are told apart within their tenant."""
-    scope = _scope(filters, by)
+    scope = scope_for(filters, (_COLUMNS[by], "tenant_id", *SPEND_COLUMNS))
     table = scope.table
     sums = _spend_sums(table)
     groups = [table.c[_COLUMNS[by]].label("grp")]
@@ -216,8 +214,8 @@ class Totals:
 
 
 def totals(engine: Engine, filters: Filters) -> Totals:
-    scope = _scope(filters)
     names = [f.name for f in Totals.__dataclass_fields__.values()]
+    scope = scope_for(filters, names)
     with reading(engine) as connection:
         row = sums_of(connection, scope, {name: scope.table.c[name] for name in names})
     values: dict[str, Any] = {
@@ -235,7 +233,8 @@ class SavingsPoint:
 
 
 def savings_over_time(engine: Engine, filters: Filters) -> list[SavingsPoint]:
-    scope = _scope(filters)
+    columns = ("response_cache_saved_usd", "cache_hit_tokens")
+    scope = scope_for(filters, (*columns, "prompt_cache_saved_usd", "cache_read_tokens"))
     c = scope.table.c
     sums: dict[str, ColumnElement[Any]] = {
         "response_usd": c.response_cache_saved_usd,
@@ -299,12 +298,15 @@ class LatencyPoint:
     p99: float | None
 
 
+HISTOGRAM_COLUMNS = tuple(
+    latency_column(metric, bucket)
+    for metric in LATENCY_METRICS
+    for bucket in range(LATENCY_BUCKETS)
+)
+
+
 def _histogram_sums(table: Table) -> dict[str, ColumnElement[Any]]:
-    return {
-        latency_column(metric, bucket): table.c[latency_column(metric, bucket)]
-        for metric in LATENCY_METRICS
-        for bucket in range(LATENCY_BUCKETS)
-    }
+    return {name: table.c[name] for name in HISTOGRAM_COLUMNS}
 
 
 def _latency_points(period: datetime | None, model: str, row: Any) -> list[LatencyPoint]:
@@ -318,7 +320,7 @@ def _latency_points(period: datetime | None, model: str, row: Any) -> list[Laten
 
 def latency_over_time(engine: Engine, filters: Filters) -> list[LatencyPoint]:
     """p50 / p95 / p99 per period, model and metric, from the latency histograms."""
-    scope = _scope(filters)
+    scope = scope_for(filters, ("model", *HISTOGRAM_COLUMNS))
     with reading(engine) as connection:
         rows = series(connection, scope, scope.table.c.model, _histogram_sums(scope.table))
     return [p for row in rows for p in _latency_points(row["period"], row["group"], row)]
@@ -326,7 +328,7 @@ def latency_over_time(engine: Engine, filters: Filters) -> list[LatencyPoint]:
 
 def latency_summary(engine: Engine, filters: Filters) -> list[LatencyPoint]:
     """p50 / p95 / p99 per model and metric over the whole range."""
-    scope = _scope(filters)
+    scope = scope_for(filters, ("model", *HISTOGRAM_COLUMNS))
     model = scope.table.c.model
     sums = _histogram_sums(scope.table)
     query = (
@@ -354,7 +356,7 @@ class RatePoint:
 
 def _rates(engine: Engine, filters: Filters, group: str, count: str) -> list[RatePoint]:
     """Per period and ``group`` value (not ""), the sum of ``count`` over all calls."""
-    scope = _scope(filters)
+    scope = scope_for(filters, (group, count, "requests"))
     c = scope.table.c
     with reading(engine) as connection:
         requests = {
@@ -386,7 +388,7 @@ def cache_hit_rates(
 ) -> list[RatePoint]:
     """Response-cache hits over answered calls (errors and refusals left out) per period
     and model or tenant; beyond the top 8 by calls, groups are summed as "other"."""
-    scope = _scope(filters, by)
+    scope = scope_for(filters, (_COLUMNS[by], "requests", "cache_hits", "error_code"))
     c = scope.table.c
     sums: dict[str, ColumnElement[Any]] = {"requests": c.requests, "hits": c.cache_hits}
     with reading(engine) as connection:

@@ -1,6 +1,6 @@
 """Usage and cost per tenant, user and key for a billing period, as rows or CSV.
 
-Read from the hourly usage rollup, so a period starts and ends on whole UTC hours
+Read from the usage rollups, so a period starts and ends on whole UTC hours
 (a month: ``month_period("2026-11")``). One row per key that was used in the
 period, with its user and tenant; calls refused before a key was known are not
 billed to anyone and are left out. Money keeps the ledger's 1e-8 USD precision.
@@ -18,13 +18,11 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from shared.models import ApiKey, Tenant, User, usage_hourly_table
+from shared.models import ApiKey, Tenant, User, usage_hourly_table, usage_key_daily_table
 from shared.pricing import COST_QUANTUM
-from shared.rollup import as_utc, hour_of
+from shared.rollup import as_utc, day_of, hour_of
 from shared.rollup_query import reading
 from shared.usage import month_start, next_month_start
-
-_hourly = usage_hourly_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +82,13 @@ def billing_rows(
     engine: Engine, period: BillingPeriod, tenant_ids: tuple[int, ...] = ()
 ) -> list[BillingRow]:
     """One row per key used in ``period`` (of ``tenant_ids`` if given), by tenant, user, key."""
-    c = _hourly.c
-    conditions = [c.hour >= as_utc(period.start), c.hour < as_utc(period.end), c.key_id != 0]
+    # Whole days are read from the daily rollup of keys, other periods from the hourly one.
+    start, end = as_utc(period.start), as_utc(period.end)
+    is_whole_days = day_of(start) == start and day_of(end) == end
+    table, grain = (usage_key_daily_table, "day") if is_whole_days else (usage_hourly_table, "hour")
+    c = table.c
+    time = c[grain]
+    conditions = [time >= start, time < end, c.key_id != 0]
     if tenant_ids:
         conditions.append(c.tenant_id.in_(tenant_ids))
     usage = (

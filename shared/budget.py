@@ -18,15 +18,13 @@ from sqlalchemy.orm import Session
 
 from shared.accounts import get_global_monthly_usd
 from shared.analytics import Labels
-from shared.models import ApiKey, Tenant, Tier, User, usage_hourly_table
+from shared.models import ApiKey, Tenant, Tier, User
 from shared.rollup import as_utc, day_of, hour_of
 from shared.rollup_query import Filters, owner_conditions, reading, scope_for, sums_of
 from shared.usage import month_of, month_start, next_month_start
 
 RUN_RATE_WINDOW = timedelta(days=7)
 MIN_RUN_RATE_WINDOW = timedelta(hours=1)
-
-_hourly = usage_hourly_table
 
 
 def forecast_month_end(
@@ -59,8 +57,8 @@ def month_forecast(engine: Engine, filters: Filters, now: datetime) -> Forecast:
     now = as_utc(now)
     month = month_of(now)
     to_now = hour_of(now) + timedelta(hours=1)  # the rollup's grain: the current hour counts
-    month_so_far = scope_for(replace(filters, start=month_start(month), end=to_now))
-    recent = scope_for(replace(filters, start=now - RUN_RATE_WINDOW, end=to_now))
+    month_so_far = scope_for(replace(filters, start=month_start(month), end=to_now), ["cost_usd"])
+    recent = scope_for(replace(filters, start=now - RUN_RATE_WINDOW, end=to_now), ["cost_usd"])
     table = recent.table
     time = table.c.hour if "hour" in table.c else table.c.day
     with reading(engine) as connection:
@@ -136,8 +134,11 @@ def quota_use(engine: Engine, filters: Filters, now: datetime, labels: Labels) -
 
 
 def _month_spend(engine: Engine, month: str) -> dict[str, dict[int, tuple[int, Decimal]]]:
-    """(tokens, USD) of the month per tenant, user and key id, in one pass over the rollup."""
-    c = _hourly.c
+    """(tokens, USD) of the month per tenant, user and key id, in one pass over a rollup."""
+    owners = ("tenant_id", "user_id", "key_id")
+    whole_month = Filters(month_start(month), next_month_start(month))
+    scope = scope_for(whole_month, (*owners, "prompt_tokens", "completion_tokens", "cost_usd"))
+    c = scope.table.c
     query = (
         select(
             c.tenant_id,
@@ -146,16 +147,16 @@ def _month_spend(engine: Engine, month: str) -> dict[str, dict[int, tuple[int, D
             func.sum(c.prompt_tokens + c.completion_tokens),
             func.sum(c.cost_usd),
         )
-        .where(c.hour >= month_start(month), c.hour < next_month_start(month))
+        .where(*scope.conditions)
         .group_by(c.tenant_id, c.user_id, c.key_id)
     )
     spent: dict[str, dict[int, tuple[int, Decimal]]] = {"tenant": {}, "user": {}, "key": {}}
     with reading(engine) as connection:
         for tenant_id, user_id, key_id, tokens, usd in connection.execute(query):
             amount = (int(tokens or 0), Decimal(str(usd or 0)))
-            for scope, owner in (("tenant", tenant_id), ("user", user_id), ("key", key_id)):
-                before = spent[scope].get(owner, (0, Decimal(0)))
-                spent[scope][owner] = (before[0] + amount[0], before[1] + amount[1])
+            for scope_name, owner in (("tenant", tenant_id), ("user", user_id), ("key", key_id)):
+                before = spent[scope_name].get(owner, (0, Decimal(0)))
+                spent[scope_name][owner] = (before[0] + amount[0], before[1] + amount[1])
     return spent
 
 

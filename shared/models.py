@@ -331,6 +331,7 @@ def latency_column(metric: str, bucket: int) -> str:
 def _usage_sums() -> list[Column[Any]]:
     return [
         Column("requests", BigInteger, nullable=False),
+        Column("errors", BigInteger, nullable=False),  # status 400 and above
         Column("cache_hits", BigInteger, nullable=False),
         # Tokens of calls that went upstream; cache hits are counted in cache_hit_tokens.
         Column("prompt_tokens", BigInteger, nullable=False),
@@ -350,7 +351,6 @@ def _errors_and_latencies() -> list[Column[Any]]:
         # The record's error_code, "http_<status>" for an error without one, "" for success.
         Column("error_code", String(100), nullable=False),
         Column("refusal_reason", String(32), nullable=False),
-        Column("errors", BigInteger, nullable=False),
         *_usage_sums(),
         *(
             Column(latency_column(metric, bucket), Integer)
@@ -396,7 +396,21 @@ usage_daily_table = Table(
     PrimaryKeyConstraint("day", "tenant_id", "model", "provider", "error_code", "refusal_reason"),
 )
 
-# End users are many: their rollup is per day, without errors or latencies.
+# Per day and key, without error types or latencies: spend by user or key, quotas, billing.
+usage_key_daily_table = Table(
+    "usage_key_daily",
+    Base.metadata,
+    Column("day", DateTime(timezone=True), nullable=False),
+    Column("tenant_id", Integer, nullable=False),
+    Column("user_id", Integer, nullable=False),
+    Column("key_id", Integer, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("provider", String(32), nullable=False),
+    *_usage_sums(),
+    PrimaryKeyConstraint("day", "tenant_id", "user_id", "key_id", "model", "provider"),
+)
+
+# End users are many: their rollup is per day, without error types or latencies.
 end_user_daily_table = Table(
     "usage_end_user_daily",
     Base.metadata,

@@ -6,6 +6,8 @@ Three tables (``shared.models``), each a set of sums per time bucket and key:
   refusal reason; counts, tokens, cost, savings and latency histograms.
 - ``usage_daily``: the same per day and tenant, without users and keys, so that
   month-long charts read thousands of rows, not hundreds of thousands.
+- ``usage_key_daily``: day x tenant x user x key x model x provider; sums only
+  (spend by user or key, quotas, billing).
 - ``usage_end_user_daily``: day x tenant x user x key x end user x model x provider;
   sums only (end users are many).
 
@@ -59,6 +61,7 @@ from shared.models import (
     latency_column,
     usage_daily_table,
     usage_hourly_table,
+    usage_key_daily_table,
 )
 
 # The request_records column measured by each latency histogram.
@@ -70,6 +73,7 @@ METRIC_SOURCES = {
 }
 SUM_COLUMNS = (
     "requests",
+    "errors",
     "cache_hits",
     "prompt_tokens",
     "completion_tokens",
@@ -138,13 +142,19 @@ DAILY = Rollup(
     ("tenant_id", "model", "provider", "error_code", "refusal_reason"),
     has_latencies=True,
 )
+KEY_DAILY = Rollup(
+    usage_key_daily_table,
+    "day",
+    ("tenant_id", "user_id", "key_id", "model", "provider"),
+    has_latencies=False,
+)
 END_USER_DAILY = Rollup(
     end_user_daily_table,
     "day",
     ("tenant_id", "user_id", "key_id", "end_user", "model", "provider"),
     has_latencies=False,
 )
-ROLLUPS = (HOURLY, DAILY, END_USER_DAILY)  # also the order rows are locked in
+ROLLUPS = (HOURLY, DAILY, KEY_DAILY, END_USER_DAILY)  # also the order rows are locked in
 
 _TRUNCATE: dict[str, Callable[[datetime], datetime]] = {"hour": hour_of, "day": day_of}
 _KEY_VALUES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
@@ -168,12 +178,13 @@ class _Sums:
             self.values[name] = Decimal(0)
         self.histograms: dict[str, list[int]] | None = None
         if has_latencies:
-            self.values["errors"] = 0
             self.histograms = {metric: [0] * LATENCY_BUCKETS for metric in LATENCY_METRICS}
 
     def add(self, row: Mapping[str, Any]) -> None:
         values = self.values
         values["requests"] += 1
+        if row["status"] >= 400:
+            values["errors"] += 1
         values["cost_usd"] += Decimal(row["cost_usd"])
         saved = Decimal(row["cache_saved_usd"])
         if row["is_cached"]:
@@ -188,8 +199,6 @@ class _Sums:
             values["prompt_cache_saved_usd"] += saved
         if self.histograms is None:
             return
-        if row["status"] >= 400:
-            values["errors"] += 1
         for metric, source in METRIC_SOURCES.items():
             value = row[source]
             if value is not None:
@@ -257,12 +266,7 @@ def _upsert(dialect: str, rollup: Rollup) -> Insert:
 # -- rebuilding from the raw records ----------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RebuildResult:
-    rows: dict[str, int]  # rows written per rollup table
-
-
-def rebuild(engine: Engine, since: datetime | None = None) -> RebuildResult:
+def rebuild(engine: Engine, since: datetime | None = None) -> None:
     """Recompute every rollup from the raw records created from ``since`` (all if None).
 
     Hourly rows are rebuilt from the hour ``since`` falls in, daily ones from its day.
@@ -270,10 +274,10 @@ def rebuild(engine: Engine, since: datetime | None = None) -> RebuildResult:
     meanwhile are counted exactly once (their writers wait, then add them).
     """
     with engine.begin() as connection:
-        return rebuild_on(connection, since)
+        rebuild_on(connection, since)
 
 
-def rebuild_on(connection: Connection, since: datetime | None) -> RebuildResult:
+def rebuild_on(connection: Connection, since: datetime | None) -> None:
     """``rebuild`` inside the caller's transaction."""
     dialect = connection.dialect.name
     if dialect == "postgresql":
@@ -281,15 +285,13 @@ def rebuild_on(connection: Connection, since: datetime | None) -> RebuildResult:
         connection.execute(text(f"LOCK TABLE {names} IN SHARE ROW EXCLUSIVE MODE"))
         # JIT compiling ~200 aggregates takes minutes; running them takes seconds.
         connection.execute(text("SET LOCAL jit = off"))
-    rows = {}
     for rollup in ROLLUPS:
         start = None if since is None else _TRUNCATE[rollup.grain](since)
         clear = delete(rollup.table)
         if start is not None:
             clear = clear.where(rollup.table.c[rollup.grain] >= start)
         connection.execute(clear)
-        rows[rollup.table.name] = connection.execute(_rebuild(dialect, rollup, start)).rowcount
-    return RebuildResult(rows)
+        connection.execute(_rebuild(dialect, rollup, start))
 
 
 def backfill_if_empty(engine: Engine) -> bool:
@@ -346,6 +348,7 @@ def _per_record_sums() -> list[ColumnElement[Any]]:
     hit = _record.is_cached
     return [
         literal(1).label("requests"),
+        case((_record.status >= 400, 1), else_=0).label("errors"),
         case((hit, 1), else_=0).label("cache_hits"),
         case((hit, 0), else_=_record.prompt_tokens).label("prompt_tokens"),
         case((hit, 0), else_=_record.completion_tokens).label("completion_tokens"),
@@ -368,7 +371,6 @@ def _rebuild(dialect: str, rollup: Rollup, since: datetime | None) -> Insert:
         *_per_record_sums(),
     ]
     if rollup.has_latencies:
-        per_record_columns.append(case((_record.status >= 400, 1), else_=0).label("errors"))
         per_record_columns += [
             _bucket(dialect, _record[source]).label(f"b_{metric}")
             for metric, source in METRIC_SOURCES.items()
@@ -380,7 +382,6 @@ def _rebuild(dialect: str, rollup: Rollup, since: datetime | None) -> Insert:
     rows = per_record.offset(0).subquery("per_record")
     sums = [func.sum(rows.c[name]).label(name) for name in SUM_COLUMNS]
     if rollup.has_latencies:
-        sums.append(func.sum(rows.c.errors).label("errors"))
         sums += [
             func.sum(case((rows.c[f"b_{metric}"] == bucket, 1))).label(
                 latency_column(metric, bucket)

@@ -1,15 +1,16 @@
 """Reading the usage rollups: which table answers a question, and grouped sums from it.
 
 ``Filters`` say what a dashboard shows. ``scope_for`` picks the smallest rollup that
-can answer: ``usage_daily`` for ranges shown per day without a user or key in the
-filters or the grouping, ``usage_end_user_daily`` for end users, else
-``usage_hourly``. Ranges shown per day start at midnight UTC of their first day;
-ranges shown per hour start at the hour their start falls in.
+has the columns a question needs: per day, ``usage_daily`` (tenants and models),
+``usage_key_daily`` (users and keys), ``usage_hourly`` (latencies of a user or key),
+``usage_end_user_daily`` (end users); per hour, ``usage_hourly``. Ranges shown per
+day start at midnight UTC of their first day; ranges shown per hour start at the
+hour their start falls in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,8 +30,7 @@ from sqlalchemy import (
     text,
 )
 
-from shared.models import end_user_daily_table, usage_daily_table, usage_hourly_table
-from shared.rollup import as_utc, day_of, hour_of
+from shared.rollup import DAILY, END_USER_DAILY, HOURLY, KEY_DAILY, Rollup, as_utc, day_of, hour_of
 
 Granularity = Literal["hour", "day"]
 HOURLY_RANGE = timedelta(days=3)
@@ -100,17 +100,38 @@ class Scope:
         return func.strftime(day_text, self.table.c.hour, type_=day)
 
 
-def scope_for(filters: Filters, *, by_owner: bool = False, end_users: bool = False) -> Scope:
-    """The rollup to read for ``filters``; ``by_owner`` when grouping by user or key."""
-    granularity: Granularity = "day" if end_users else filters.granularity
-    if end_users:
-        table = end_user_daily_table
-    elif granularity == "day" and not (by_owner or filters.user_ids or filters.key_ids):
-        table = usage_daily_table
-    else:
-        table = usage_hourly_table
+# The rollups that can answer per grain, smallest first.
+_CANDIDATES: dict[Granularity, tuple[Rollup, ...]] = {
+    "hour": (HOURLY,),
+    "day": (DAILY, KEY_DAILY, HOURLY, END_USER_DAILY),
+}
+
+
+def scope_for(filters: Filters, needs: Iterable[str] = ()) -> Scope:
+    """The smallest rollup with the ``needs`` columns (and the filtered ones) at the
+    filters' grain; per day when no hourly rollup has them (end users)."""
+    needed = set(needs) | {
+        name
+        for name, values in (
+            ("tenant_id", filters.tenant_ids),
+            ("user_id", filters.user_ids),
+            ("key_id", filters.key_ids),
+            ("model", filters.models),
+        )
+        if values
+    }
+    grains: list[Granularity] = [filters.granularity, "day"]
+    for granularity in grains:
+        for rollup in _CANDIDATES[granularity]:
+            if needed <= set(rollup.table.c.keys()):
+                return _scope(rollup, granularity, filters)
+    raise ValueError(f"no rollup has the columns {sorted(needed)}")
+
+
+def _scope(rollup: Rollup, granularity: Granularity, filters: Filters) -> Scope:
+    table = rollup.table
     start = day_of(filters.start) if granularity == "day" else hour_of(filters.start)
-    time = table.c.hour if "hour" in table.c else table.c.day
+    time = table.c[rollup.grain]
     conditions = (time >= start, time < as_utc(filters.end), *owner_conditions(table, filters))
     return Scope(table, granularity, conditions)
 

@@ -3,7 +3,7 @@
 Only the configuration is checked here (there is no container engine in the test
 environment): Debian's ``docker-compose`` validates and resolves the file, and the
 resolved file is read back to check the services, health checks, profiles and volumes.
-``make test`` installs ``docker-compose`` when it is missing (``.ci/services``).
+``make test`` installs ``docker-compose`` when it is missing (``make compose-cli``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ APP_SERVICES = ("migrate", "proxy", "console", "simulator")
 
 def compose(*args: str) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
-    assert binary, "docker-compose is missing: `make services` (.ci/services) installs it"
+    assert binary, "docker-compose is missing: `make compose-cli` installs it"
     command = [binary, "--project-directory", str(ROOT), "-f", str(COMPOSE)]
     command += ["--env-file", str(ENV_EXAMPLE), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)

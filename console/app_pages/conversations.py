@@ -32,36 +32,73 @@ def open_record(record_id: str) -> None:
     st.rerun()
 
 
-def search_form() -> RecordQuery | None:
-    """The query the form submits (None: not submitted on this run)."""
+def search_form(shown: RecordQuery) -> RecordQuery | None:
+    """The query the form submits (None: not submitted on this run). The form starts from
+    ``shown``, the search whose results are on the page (back from a record, say)."""
     tenants, users, keys = data.tenants(), data.users(), data.keys()
+    key_labels = {
+        f"{k['name'] or 'key'} ({k['prefix']}) {k['user']}": int(k["id"])
+        for _, k in keys.iterrows()
+    }
+    tenant_names = [ANY, *tenants["name"].tolist()]
+    emails = [ANY, *users["email"].tolist()]
+    models = [ANY, *data.model_names()]
     with st.form("conv-search"):
         text = st.text_input(
             "Text in prompts and answers",
+            value=shown.text,
             key="q-text",
             placeholder='words to find, "an exact phrase", -excluded',
         )
         left, middle, right = st.columns(3)
         request_id = left.text_input(
-            "Request id", key="q-request-id", help="Gateway record id, x-request-id or answer id."
+            "Request id",
+            value=shown.request_id,
+            key="q-request-id",
+            help="Gateway record id, x-request-id or answer id.",
         )
-        session_id = middle.text_input("Session id", key="q-session")
-        end_user = right.text_input("End user", key="q-end-user")
+        session_id = middle.text_input("Session id", value=shown.session_id, key="q-session")
+        end_user = right.text_input("End user", value=shown.end_user, key="q-end-user")
         left, middle, right = st.columns(3)
-        tenant = left.selectbox("Tenant", [ANY, *tenants["name"].tolist()], key="q-tenant")
-        user = middle.selectbox("User", [ANY, *users["email"].tolist()], key="q-user")
-        key_labels = {
-            f"{k['name'] or 'key'} ({k['prefix']}) {k['user']}": k["id"] for _, k in keys.iterrows()
-        }
-        key = right.selectbox("Key", [ANY, *key_labels], key="q-key")
+        tenant = left.selectbox(
+            "Tenant",
+            tenant_names,
+            index=_index(tenant_names, _name_of(tenants, "name", shown.tenant_id)),
+            key="q-tenant",
+        )
+        user = middle.selectbox(
+            "User",
+            emails,
+            index=_index(emails, _name_of(users, "email", shown.user_id)),
+            key="q-user",
+        )
+        labels = [ANY, *key_labels]
+        by_id = {key_id: label for label, key_id in key_labels.items()}
+        key = right.selectbox(
+            "Key", labels, index=_index(labels, by_id.get(shown.key_id or -1)), key="q-key"
+        )
         cols = st.columns(4)
-        model = cols[0].selectbox("Model", [ANY, *data.model_names()], key="q-model")
-        status = cols[1].selectbox("Status", STATUSES, key="q-status")
-        flag = cols[2].selectbox("Flag", list(FLAGS), key="q-flag")
-        cache = cols[3].selectbox("Cache", list(CACHE), key="q-cache")
+        model = cols[0].selectbox("Model", models, index=_index(models, shown.model), key="q-model")
+        status = cols[1].selectbox(
+            "Status", STATUSES, index=_index(STATUSES, shown.status), key="q-status"
+        )
+        flags = list(FLAGS)
+        flag = cols[2].selectbox(
+            "Flag", flags, index=_index(flags, _key_of(FLAGS, shown.flag)), key="q-flag"
+        )
+        caches = list(CACHE)
+        cache = cols[3].selectbox(
+            "Cache", caches, index=_index(caches, _key_of(CACHE, shown.is_cached)), key="q-cache"
+        )
         left, right = st.columns(2)
-        since = left.date_input("From (UTC)", value=None, key="q-since")
-        until = right.date_input("To (UTC, inclusive)", value=None, key="q-until")
+        since = left.date_input(
+            "From (UTC)", value=shown.since.date() if shown.since else None, key="q-since"
+        )
+        until = right.date_input(
+            "To (UTC, inclusive)",
+            value=(shown.until - timedelta(days=1)).date() if shown.until else None,
+            key="q-until",
+        )
         if not st.form_submit_button("Search", key="q-submit", type="primary"):
             return None
     return RecordQuery(
@@ -71,7 +108,7 @@ def search_form() -> RecordQuery | None:
         end_user=end_user,
         tenant_id=_id_of(tenants, "name", tenant),
         user_id=_id_of(users, "email", user),
-        key_id=None if key == ANY else int(key_labels[key]),
+        key_id=None if key == ANY else key_labels[key],
         model="" if model == ANY else model,
         status="" if status == ANY else status,
         flag=FLAGS[flag],
@@ -79,6 +116,19 @@ def search_form() -> RecordQuery | None:
         since=_day_start(since),
         until=_day_start(until + timedelta(days=1)) if isinstance(until, date) else None,
     )
+
+
+def _index(options: list[str], value: object) -> int:
+    return options.index(value) if isinstance(value, str) and value in options else 0
+
+
+def _name_of(frame: pd.DataFrame, column: str, row_id: int | None) -> str | None:
+    rows = frame.loc[frame["id"] == row_id, column] if row_id is not None else []
+    return str(rows.iloc[0]) if len(rows) else None
+
+
+def _key_of(choices: dict[str, object], value: object) -> str:
+    return next((name for name, chosen in choices.items() if chosen == value), ANY)
 
 
 def _id_of(frame: pd.DataFrame, column: str, value: str) -> int | None:
@@ -132,7 +182,7 @@ if record_id:
     record_panel.show(actor, record_id)
 else:
     st.title("Conversations")
-    submitted = search_form()
+    submitted = search_form(st.session_state.get(QUERY_KEY, RecordQuery()))
     if submitted is not None:
         st.session_state[QUERY_KEY] = submitted
         st.session_state[CURSORS_KEY] = [None]

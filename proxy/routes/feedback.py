@@ -53,7 +53,7 @@ def record_feedback(
     gateway = pipeline.gateway
     ctx = begin(request, dialect_of(request), ENDPOINT, gateway.trust_forwarded_for)
     try:
-        ctx.raw_body = read_body(request, gateway.max_body_bytes)
+        ctx.raw_body = read_body(request, gateway.max_body_bytes, gateway.read_deadlines)
         headers = {name.lower(): value for name, value in request.headers.items()}
         try:
             ctx.principal = principal = authenticate(gateway.config, headers)

@@ -27,21 +27,13 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import psycopg
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, insert, text
 
 from shared import analytics, billing, budget
 from shared.analytics import Filters
 from shared.db import make_engine, upgrade
-from shared.models import (
-    ApiKey,
-    RequestRecord,
-    Tenant,
-    Tier,
-    User,
-    end_user_daily_table,
-    usage_hourly_table,
-)
-from shared.rollup import rebuild
+from shared.models import ApiKey, Tenant, Tier, User
+from shared.rollup import ROLLUPS, rebuild
 from shared.usage import month_of
 from tests.support import create_pg_database, drop_pg_database
 
@@ -302,30 +294,21 @@ def main() -> None:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.execute(text("ANALYZE request_records"))
         started = time.perf_counter()
-        result = rebuild(engine)
-        print(
-            f"rollup rebuilt in {time.perf_counter() - started:.1f} s: "
-            f"{result.hourly_rows:,} hourly rows, {result.daily_rows:,} end-user daily rows"
-        )
+        rebuild(engine)
+        print(f"rollups rebuilt in {time.perf_counter() - started:.1f} s")
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(text("VACUUM ANALYZE usage_hourly"))
-            connection.execute(text("VACUUM ANALYZE usage_end_user_daily"))
-            sizes = connection.execute(
-                text(
-                    "SELECT pg_size_pretty(pg_total_relation_size('request_records')),"
-                    " pg_size_pretty(pg_total_relation_size('usage_hourly')),"
-                    " pg_size_pretty(pg_total_relation_size('usage_end_user_daily'))"
-                )
-            ).one()
-            counts = connection.execute(
-                select(
-                    select(func.count()).select_from(RequestRecord).scalar_subquery(),
-                    select(func.count()).select_from(usage_hourly_table).scalar_subquery(),
-                    select(func.count()).select_from(end_user_daily_table).scalar_subquery(),
-                )
-            ).one()
-        print(f"rows: records {counts[0]:,}, hourly {counts[1]:,}, end-user daily {counts[2]:,}")
-        print(f"sizes: records {sizes[0]}, hourly {sizes[1]}, end-user daily {sizes[2]}")
+            sizes = []
+            for table in ("request_records", *(r.table.name for r in ROLLUPS)):
+                if table != "request_records":
+                    connection.execute(text(f"VACUUM ANALYZE {table}"))
+                rows, size = connection.execute(
+                    text(
+                        f"SELECT count(*), pg_size_pretty(pg_total_relation_size('{table}'))"
+                        f" FROM {table}"
+                    )
+                ).one()
+                sizes.append(f"  {table:<22} {rows:>10,} rows {size:>10}")
+        print("\n".join(sizes))
 
         cases = {
             "last 24 h": Filters(end - timedelta(hours=24), end),

@@ -184,14 +184,16 @@ def main() -> None:
                 text("SELECT id, session_id, end_user, tenant_id FROM request_records LIMIT 1")
             ).one()
         now = datetime.now(UTC)
+        words = vocabulary(np.random.default_rng(args.seed))  # as load() drew it
+        common, second = str(words[0]), str(words[1])  # Zipf ranks 1 and 2
         searches = {
             "latest, no filter": RecordQuery(),
             f"text: rare word ({RARE_COUNT} hits)": RecordQuery(text=RARE_WORD),
             "text: 0.1% of records": RecordQuery(text=MEDIUM_WORD),
-            "text: common word": RecordQuery(text="baba"),
-            "text: two common words": RecordQuery(text="baba bebe"),
-            'text: "phrase"': RecordQuery(text='"baba bebe"'),
-            "text: word -excluded": RecordQuery(text=f"{MEDIUM_WORD} -baba"),
+            "text: most common word": RecordQuery(text=common),
+            "text: two common words": RecordQuery(text=f"{common} {second}"),
+            'text: "common phrase"': RecordQuery(text=f'"{common} {second}"'),
+            "text: rare -common": RecordQuery(text=f"{MEDIUM_WORD} -{second}"),
             "text + tenant + last week": RecordQuery(
                 text=MEDIUM_WORD, tenant_id=some.tenant_id, since=now - timedelta(days=7)
             ),
@@ -216,7 +218,7 @@ def main() -> None:
         cursor = None
         started = time.perf_counter()
         while pages < 20:
-            page = search_records(engine, RecordQuery(text="baba"), cursor=cursor)
+            page = search_records(engine, RecordQuery(text=common), cursor=cursor)
             pages += 1
             if page.next_cursor is None:
                 break

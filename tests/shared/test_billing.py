@@ -138,3 +138,21 @@ def test_billing_rows_of_a_quiet_period_are_empty(engine: Engine) -> None:
     assert (
         billing_csv(engine, period).splitlines()[0].startswith("period_start,period_end,tenant_id")
     )
+
+
+def test_a_period_of_hours_reads_the_hourly_rollup(engine: Engine) -> None:
+    acct = seed_accounts(engine)
+    with transaction(engine) as session:
+        user = accounts.get_user(session, acct.user)
+        ids = {"tenant_id": user.tenant_id, "user_id": user.id, "key_id": acct.key_id}
+    write_records(
+        engine,
+        [
+            call(MARCH + timedelta(hours=1), cost_usd=Decimal("0.5"), **ids),
+            call(MARCH + timedelta(hours=3, minutes=59), cost_usd=Decimal("0.25"), **ids),
+            call(MARCH + timedelta(hours=4), cost_usd=Decimal(7), **ids),
+        ],
+    )
+    period = BillingPeriod(MARCH + timedelta(hours=1), MARCH + timedelta(hours=4))
+    (row,) = billing_rows(engine, period, (user.tenant_id,))
+    assert (row.requests, row.cost_usd) == (2, Decimal("0.75"))

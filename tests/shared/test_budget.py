@@ -75,7 +75,7 @@ def test_month_forecast_reads_this_month_and_the_last_seven_days(engine: Engine)
         call(datetime(2033, 1, 9, tzinfo=UTC) + timedelta(days=d), cost_usd=Decimal(1), **mine)
         for d in range(7)
     ]
-    records.append(call(NOW + timedelta(hours=2), cost_usd=Decimal(100), **mine))  # not yet
+    records.append(call(datetime(2033, 2, 1, tzinfo=UTC), cost_usd=Decimal(100), **mine))
     records.append(call(datetime(2032, 12, 31, tzinfo=UTC), cost_usd=Decimal(50), **mine))
     write_records(engine, records)
 

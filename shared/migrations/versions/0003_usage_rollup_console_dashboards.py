@@ -3,10 +3,11 @@
 Revision ID: 0003
 Revises: 0002
 
-Three rollup tables maintained by ``shared.rollup`` as records are written:
+Four rollup tables maintained by ``shared.rollup`` as records are written:
 ``usage_hourly`` (hour x tenant x user x key x model x provider x error code x
 refusal reason, with latency histograms), ``usage_daily`` (the same per day and
-tenant, without users and keys) and ``usage_end_user_daily``.
+tenant, without users and keys), ``usage_key_daily`` (per day and key, sums only)
+and ``usage_end_user_daily``.
 ``shared.db.upgrade`` fills them from the records already logged (with the
 live rollup code, against the head schema), so an upgraded deployment's
 dashboards show its history.
@@ -31,6 +32,7 @@ MONEY = sa.Numeric(precision=18, scale=8)
 def _sums() -> list[sa.Column[object]]:
     counts = (
         "requests",
+        "errors",
         "cache_hits",
         "prompt_tokens",
         "completion_tokens",
@@ -48,7 +50,6 @@ def _errors_and_latencies() -> list[sa.Column[object]]:
     return [
         sa.Column("error_code", sa.String(length=100), nullable=False),
         sa.Column("refusal_reason", sa.String(length=32), nullable=False),
-        sa.Column("errors", sa.BigInteger(), nullable=False),
         *_sums(),
         *(
             sa.Column(f"lat_{metric}_{bucket:02d}", sa.Integer(), nullable=True)
@@ -98,6 +99,25 @@ def upgrade() -> None:
         ),
     )
     op.create_table(
+        "usage_key_daily",
+        sa.Column("day", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("tenant_id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("key_id", sa.Integer(), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.Column("provider", sa.String(length=32), nullable=False),
+        *_sums(),
+        sa.PrimaryKeyConstraint(
+            "day",
+            "tenant_id",
+            "user_id",
+            "key_id",
+            "model",
+            "provider",
+            name=op.f("pk_usage_key_daily"),
+        ),
+    )
+    op.create_table(
         "usage_end_user_daily",
         sa.Column("day", sa.DateTime(timezone=True), nullable=False),
         sa.Column("tenant_id", sa.Integer(), nullable=False),
@@ -122,5 +142,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("usage_end_user_daily")
+    op.drop_table("usage_key_daily")
     op.drop_table("usage_daily")
     op.drop_table("usage_hourly")
