@@ -5,6 +5,7 @@ Support and admins. ``?record=<id>`` opens one record (``console.record_panel``)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
 
 import pandas as pd
@@ -123,11 +124,13 @@ def _index(options: list[str], value: object) -> int:
 
 
 def _name_of(frame: pd.DataFrame, column: str, row_id: int | None) -> str | None:
-    rows = frame.loc[frame["id"] == row_id, column] if row_id is not None else []
+    if row_id is None:
+        return None
+    rows = frame.loc[frame["id"] == row_id, column]
     return str(rows.iloc[0]) if len(rows) else None
 
 
-def _key_of(choices: dict[str, object], value: object) -> str:
+def _key_of(choices: Mapping[str, object], value: object) -> str:
     return next((name for name, chosen in choices.items() if chosen == value), ANY)
 
 

@@ -156,7 +156,9 @@ def settle(page: Page) -> None:
     """Wait until the app has finished its run (no running icon, no placeholders)."""
     page.wait_for_timeout(300)
     try:
-        page.wait_for_function(f"() => !document.querySelector({RUNNING!r})", timeout=60_000)
+        page.wait_for_function(
+            f"() => !document.querySelector({RUNNING!r})", polling=200, timeout=60_000
+        )
     except playwright_sync.TimeoutError:
         shoot(page, "zz-still-running")  # what the page looked like, for whoever reads the failure
         raise

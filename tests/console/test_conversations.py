@@ -75,6 +75,8 @@ def test_searching_by_text_and_opening_the_conversation(page: Page, console_engi
 
     at.button(key="back-to-search").click().run()
     assert "record" not in at.query_params and at.title[0].value == "Conversations"
+    assert at.text_input(key="q-text").value == word  # the search is still there
+    assert at.dataframe[0].value["id"].tolist() == [wanted.id]
 
 
 def test_every_filter_of_the_form_reaches_the_search(page: Page, console_engine: Engine) -> None:

@@ -3,11 +3,16 @@ record waits in the spool and is written once when the database is back."""
 
 from __future__ import annotations
 
-import httpx2
+from pathlib import Path
 
+import httpx2
+from sqlalchemy import Engine
+
+from proxy.simulator import SimulatorThread
+from tests.relay import TcpRelay
 from tests.reliability.conftest import Stack, record_counts, records_by_client_id
-from tests.reliability.traffic import Traffic, error_shape_problems
-from tests.support import seed_accounts, wait_for
+from tests.reliability.traffic import Traffic, body_for, error_shape_problems, send
+from tests.support import PG_HOST, running_proxy, seed_accounts, settings_for, wait_for
 
 
 def readiness(stack: Stack) -> int:
@@ -43,3 +48,35 @@ def test_database_cut_mid_traffic_loses_and_duplicates_no_record(stack: Stack) -
     refused = records_by_client_id(stack.engine, [o.request_id for o in during if o.status == 503])
     assert {r.error_code for r in refused.values()} <= {"config_unavailable"}
     wait_for(lambda: readiness(stack) == 200, timeout=30)
+
+
+def test_a_key_not_cached_yet_is_a_clear_503_while_the_database_is_away(
+    rel_db_url: str, rel_engine: Engine, rel_simulator: SimulatorThread, tmp_path: Path
+) -> None:
+    known, unknown = seed_accounts(rel_engine), seed_accounts(rel_engine)
+    pg_host, pg_port = PG_HOST.split(":")
+    relay = TcpRelay(pg_host, int(pg_port)).start()
+    via_relay = rel_db_url.replace(PG_HOST, f"127.0.0.1:{relay.port}")
+    try:
+        with (
+            running_proxy(settings_for(via_relay, rel_simulator.base_url, tmp_path)) as proxy,
+            httpx2.Client(base_url=proxy.base_url, timeout=30) as client,
+        ):
+            assert send(client, "openai", known.key, body_for("openai", "warm")).status == 200
+            relay.cut()
+            try:
+                cached = send(client, "anthropic", known.key, body_for("anthropic", "still?"))
+                refused = send(client, "anthropic", unknown.key, body_for("anthropic", "me?"))
+            finally:
+                relay.restore()
+            assert cached.status == 200
+            assert refused.status == 503 and refused.headers["retry-after"] == "1"
+            assert not error_shape_problems(refused)
+            assert "configuration" in refused.json()["error"]["message"]
+            assert send(client, "openai", unknown.key, body_for("openai", "now?")).status == 200
+            ids = [cached.request_id, refused.request_id]
+            wait_for(lambda: len(record_counts(rel_engine, ids)) == 2, timeout=30)
+    finally:
+        relay.stop()
+    record = records_by_client_id(rel_engine, [refused.request_id])[refused.request_id]
+    assert (record.status, record.error_code) == (503, "config_unavailable")

@@ -17,6 +17,7 @@ from shared.db import make_engine, upgrade
 from shared.models import LATENCY_BUCKETS, LATENCY_EDGES_MS
 from shared.records import CallRecord, write_records
 from shared.rollup import as_utc, hour_of
+from shared.rollup_query import scope_for
 from tests.shared.usage_records import call, fresh_owner, varied_records
 
 START = datetime(2032, 5, 6, 7, tzinfo=UTC)
@@ -236,3 +237,33 @@ def test_a_record_written_later_for_an_old_hour_lands_in_that_hour(engine: Engin
         (p.period, p.cost_usd)
         for p in analytics.spend_over_time(engine, filters, "tenant", Labels())
     ] == [(old, 0.5)]
+
+
+@pytest.mark.parametrize(
+    ("days", "needs", "owners", "table"),
+    [
+        (1, ("model", "cost_usd"), {}, "usage_hourly"),
+        (7, ("model", "cost_usd"), {"tenant_ids": (1,)}, "usage_daily"),
+        (7, ("user_id", "cost_usd"), {}, "usage_key_daily"),
+        (7, ("cost_usd",), {"key_ids": (1,)}, "usage_key_daily"),
+        (7, ("model", *analytics.HISTOGRAM_COLUMNS), {"user_ids": (1,)}, "usage_hourly"),
+        (1, ("end_user", "cost_usd"), {}, "usage_end_user_daily"),
+    ],
+)
+def test_the_smallest_rollup_with_the_needed_columns_answers(
+    days: int, needs: tuple[str, ...], owners: dict[str, tuple[int, ...]], table: str
+) -> None:
+    filters = Filters(START, START + timedelta(days=days), **owners)  # type: ignore[arg-type]
+    scope = scope_for(filters, needs)
+    assert scope.table.name == table
+    assert scope.granularity == ("hour" if days == 1 and table == "usage_hourly" else "day")
+
+
+def test_latencies_of_one_key_over_days_come_from_the_hourly_rollup(
+    engine: Engine, written: tuple[int, list[CallRecord]]
+) -> None:
+    owner, records = written
+    summary = analytics.latency_summary(engine, mine(owner, key_ids=(owner + 1,)))
+    totals = {p.model: p.count for p in summary if p.metric == "total"}
+    expected = Counter(r.model for r in records if r.key_id == owner + 1)
+    assert totals == dict(expected)
