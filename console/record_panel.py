@@ -23,7 +23,25 @@ REPLAY_RESULT_KEY = "replay-result-{}"
 PROVIDER_OF_DIALECT = {"openai": "openai", "anthropic": "anthropic"}
 
 
+# Inputs that belong to the record on show: forgotten when another record opens, so a
+# replay never goes out with the system prompt or model picked for a different record.
+RECORD_INPUTS = (
+    "flag-reason",
+    "flag-reason-other",
+    "flag-note",
+    "unflag-reason",
+    "replay-model",
+    "replay-edit-system",
+    "replay-system",
+)
+SHOWN_KEY = "record-panel-shown"
+
+
 def show(actor: Actor, record_id: str) -> None:
+    if st.session_state.get(SHOWN_KEY) != record_id:
+        for key in RECORD_INPUTS:
+            st.session_state.pop(key, None)
+        st.session_state[SHOWN_KEY] = record_id
     if st.button("← Back to the search", key="back-to-search"):
         del st.query_params["record"]
         st.rerun()
@@ -142,7 +160,7 @@ def flag_section(actor: Actor, detail: RecordDetail) -> None:
             message = f"Removed the flag {reason!r}."
             if actions.attempt(message, flags.unflag, actor, by_reason[reason]) is not None:
                 st.rerun()
-    with st.form("flag-record"):
+    with st.form("flag-record", clear_on_submit=True):
         left, right = st.columns(2)
         reason = left.selectbox("Reason", flags.MANUAL_REASONS, key="flag-reason")
         other = right.text_input("…or another reason", key="flag-reason-other")

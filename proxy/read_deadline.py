@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,10 +43,12 @@ class ReadDeadlines:
         """Bound the reads from ``sock`` made inside the block; yields "is it past?".
 
         ``sock`` is the server's client socket (``gunicorn.socket`` / ``werkzeug.socket``
-        in the WSGI environ); anything else is not watched.
+        in the WSGI environ); anything else, and TLS sockets, are not watched (TLS is
+        for the proxy in front to terminate, and to bound).
         """
         deadline = time.monotonic() + self.seconds
-        if not isinstance(sock, socket.socket):
+        # A TLS socket cannot be half shut without breaking the answer that follows.
+        if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
             yield lambda: time.monotonic() >= deadline
             return
         self._ensure_watchdog()

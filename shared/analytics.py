@@ -309,10 +309,16 @@ def _histogram_sums(table: Table) -> dict[str, ColumnElement[Any]]:
     return {name: table.c[name] for name in HISTOGRAM_COLUMNS}
 
 
+_METRIC_COLUMNS = {
+    metric: [latency_column(metric, bucket) for bucket in range(LATENCY_BUCKETS)]
+    for metric in LATENCY_METRICS
+}
+
+
 def _latency_points(period: datetime | None, model: str, row: Any) -> list[LatencyPoint]:
     points = []
-    for metric in LATENCY_METRICS:
-        counts = [int(row[latency_column(metric, b)] or 0) for b in range(LATENCY_BUCKETS)]
+    for metric, names in _METRIC_COLUMNS.items():
+        counts = [int(row[name] or 0) for name in names]
         p50, p95, p99 = (percentile(counts, q) for q in PERCENTILES)
         points.append(LatencyPoint(period, model or NONE, metric, sum(counts), p50, p95, p99))
     return points

@@ -96,7 +96,17 @@ if older.button("Next →", key="flagged-next", disabled=not has_more):
 
 st.subheader("Work on a flag")
 by_label = {f"#{f.id} · {f.status} · {f.reason} · {f.record_id[:8]}": f for f in queue}
-chosen = by_label[st.selectbox("Flag", list(by_label), key="flagged-pick")]
+
+
+def forget_flag_inputs() -> None:
+    """Another flag was picked: its assignee and note start from what it has."""
+    for key in ("flagged-assign-to", "flagged-note"):
+        st.session_state.pop(key, None)
+
+
+chosen = by_label[
+    st.selectbox("Flag", list(by_label), key="flagged-pick", on_change=forget_flag_inputs)
+]
 st.page_link(
     CONVERSATIONS_PAGE, label="Open the conversation", query_params={"record": chosen.record_id}
 )

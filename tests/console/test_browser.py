@@ -48,7 +48,8 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
 PAGES_DIR = Path(__file__).resolve().parents[2] / "console" / "app_pages"
 METERGATE = Path(sys.executable).parent / "metergate"
 QUESTION = f"Where is parcel {uuid.uuid4().hex[:6]}?"
-RUNNING = "[data-testid=stStatusWidgetRunningIcon], [data-testid=stSkeleton]"
+RUNNING = "[data-testid=stStatusWidgetRunningIcon]"
+PLACEHOLDER = "[data-testid=stSkeleton]"
 
 if not CHROMIUM.exists():
     if os.environ.get("CI"):
@@ -145,24 +146,25 @@ def page(console: Console, monkeypatch: pytest.MonkeyPatch) -> Iterator[Page]:
     with playwright_sync.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
-            tab = browser.new_page(viewport={"width": 1440, "height": 1000})
-            tab.set_default_timeout(30_000)
+            tab = browser.new_page(viewport={"width": 1440, "height": 2000})
+            tab.set_default_timeout(60_000)
             yield tab
         finally:
             browser.close()
 
 
 def settle(page: Page) -> None:
-    """Wait until the app has finished its run (no running icon, no placeholders)."""
+    """Wait until the app has finished its run, and (briefly) for its placeholders to fill."""
     page.wait_for_timeout(300)
     try:
-        page.wait_for_function(
-            f"() => !document.querySelector({RUNNING!r})", polling=200, timeout=60_000
-        )
+        page.wait_for_function(f"() => !document.querySelector({RUNNING!r})", polling=200)
     except playwright_sync.TimeoutError:
         shoot(page, "zz-still-running")  # what the page looked like, for whoever reads the failure
         raise
-    page.wait_for_timeout(300)
+    try:  # charts far below the fold may keep their placeholder until scrolled to
+        page.wait_for_function(f"() => !document.querySelector({PLACEHOLDER!r})", timeout=5_000)
+    except playwright_sync.TimeoutError:
+        pass
     expect(page.get_by_test_id("stException")).to_have_count(0)
 
 

@@ -19,7 +19,7 @@ from shared.console_users import Actor
 from shared.models import AuditEntry, Flag, RequestRecord, User
 from shared.records import write_records
 from tests.console.page_support import open_page, open_page_file
-from tests.shared.conversation_records import call_record, fresh_owner
+from tests.shared.conversation_records import call_record, chat_body, fresh_owner
 from tests.support import Accounts, ProxyServer, seed_accounts, wait_for
 
 PAGE = "app_pages/conversations.py"
@@ -308,3 +308,18 @@ def test_the_session_view_follows_a_whole_conversation_in_order(
 
     at, _ = open_page(console_engine, "support", PAGE, record=calls[1].id)
     assert not at.exception, at.exception  # the detail links to its session (a page link)
+
+
+def test_opening_another_record_starts_the_replay_form_from_that_record(
+    page: Page, console_engine: Engine
+) -> None:
+    owner = fresh_owner(console_engine)
+    first = call_record(owner, request_body=chat_body("q", system="Be a pirate."))
+    second = call_record(owner, request_body=chat_body("q", system="Be a poet."))
+    write_records(console_engine, [first, second])
+    at, _ = page(record=first.id)
+    assert at.text_area(key="replay-system").value == "Be a pirate."
+    at.text_area(key="replay-system").input("edited for the first record").run()
+    at.query_params["record"] = second.id
+    at.run()
+    assert at.text_area(key="replay-system").value == "Be a poet."

@@ -1,5 +1,6 @@
-"""PostgreSQL cut mid-traffic under gunicorn workers: calls keep being answered, every
-record waits in the spool and is written once when the database is back."""
+"""PostgreSQL cut mid-traffic under gunicorn workers: calls keep being answered from the
+config each process has cached, every record waits in the spool and is written once
+when the database is back; a key no process has seen yet gets a clear 503."""
 
 from __future__ import annotations
 
