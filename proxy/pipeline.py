@@ -463,19 +463,25 @@ class Pipeline:
     ) -> Iterator[bytes]:
         """Forward events as they come; record the assembled answer whatever happens.
 
-        The id of a kept answer is remembered before the event carrying it goes out.
+        The id of a kept answer is remembered before the event carrying it goes out, and
+        a complete answer is settled and recorded before its last event goes out, so a
+        client that has read the whole stream can already find its record.
         """
         started = time.perf_counter()
+        is_settled = False
         try:
             for event in iter_events(upstream.iter_bytes()):
                 out = reader.feed(event)
                 if ctx.response_id is None and reader.upstream_id is not None:
                     self._note_answer_id(ctx, reader.upstream_id, keeps_answers)
-                if out is None:
-                    continue
-                if ctx.first_token_at is None:
+                if out is not None and ctx.first_token_at is None:
                     ctx.first_token_at = time.perf_counter()
-                yield out
+                if reader.is_complete and not is_settled:
+                    is_settled = True
+                    ctx.upstream_seconds += time.perf_counter() - started
+                    self._settle_stream(ctx, reader)
+                if out is not None:
+                    yield out
             if not reader.is_complete:
                 raise UpstreamUnreachable("the provider's stream ended before its last event")
         except UpstreamError as exc:
@@ -488,8 +494,9 @@ class Pipeline:
             raise
         finally:
             upstream.close()
-            ctx.upstream_seconds += time.perf_counter() - started
-            self._settle_stream(ctx, reader)
+            if not is_settled:
+                ctx.upstream_seconds += time.perf_counter() - started
+                self._settle_stream(ctx, reader)
 
     def _note_answer_id(self, ctx: CallContext, response_id: str | None, is_kept: bool) -> None:
         """Record the answer's id; remember a kept answer's tenant (before it is sent)."""
