@@ -85,7 +85,7 @@ def signed_in_actor() -> Actor | None:
     """
     sign_in: SignIn | None = st.session_state.get(SESSION_KEY)
     if sign_in is None and oidc_enabled() and _oidc_logged_in():
-        sign_in = SignIn(_oidc_name(), "oidc", time.time())
+        sign_in = SignIn(_oidc_name(), "oidc", _oidc_signed_in_at())
         st.session_state[SESSION_KEY] = sign_in
     if sign_in is None:
         return None
@@ -213,6 +213,13 @@ def _oidc_logged_in() -> bool:
 
 def _oidc_name() -> str:
     return str(st.user.get("email") or st.user.get("preferred_username") or st.user.get("sub"))
+
+
+def _oidc_signed_in_at() -> float:
+    """When the identity provider signed the person in (the ID token's ``iat``), so a
+    reload within the identity cookie's life does not restart the session length."""
+    issued = st.user.get("iat")
+    return float(issued) if isinstance(issued, int | float) else time.time()
 
 
 def _oidc_providers() -> list[str]:

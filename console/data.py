@@ -323,6 +323,12 @@ def audit_actors(engine: Engine) -> list[str]:
         return sorted(audit.actors(session))
 
 
+@loader(CONFIG_TTL_SECONDS, is_config=True)
+def audit_target_types(engine: Engine) -> list[str]:
+    with Session(engine) as session:
+        return sorted(audit.target_types(session))
+
+
 # -- conversations and flags (support) --------------------------------------------------
 # Cleared by every console write (a flag changes what a search or a detail shows).
 

@@ -266,6 +266,13 @@ class ConfigCache:
         """Start the polling thread (once per process, after any fork)."""
         if self._thread is not None and self._thread.is_alive():
             return
+        if self._version is None:
+            # The version to start from, read now: else the first poll would clear what the
+            # first calls cached, and a database outage right then would refuse them.
+            try:
+                self.check_version()
+            except Exception as exc:  # the polling thread reads it once the database answers
+                log.warning("event=config_poll_failed error=%s", type(exc).__name__)
         self._stop.clear()
         self._thread = threading.Thread(target=self._poll, name="config-poll", daemon=True)
         self._thread.start()
@@ -293,6 +300,9 @@ class ConfigCache:
         """A session for a config read on the hot path: 503 ``config_unavailable`` when the
         database cannot answer (what is cached keeps serving meanwhile)."""
         try:
+            # Catch up with the version first: what is read now is at least that new, so
+            # the next poll does not drop it (and refuse it, were the database gone by then).
+            self.check_version()
             with Session(self._engine) as session:
                 yield session
         except SQLAlchemyError as exc:

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Engine, Table, func, select
+from sqlalchemy import ColumnElement, Connection, Engine, Table, func, select
 from sqlalchemy.orm import Session
 
+from shared import end_users
+from shared.end_users import EndUser
 from shared.models import (
     LATENCY_BUCKETS,
     LATENCY_EDGES_MS,
@@ -124,26 +126,37 @@ class SpendPoint:
     requests: int
 
 
+def _end_user_name(labels: Labels, group: EndUser | None) -> str:
+    if group is None:
+        return OTHER
+    tenant_id, end_user = group
+    return f"{end_user or NONE} · {labels.name('tenant', tenant_id)}"
+
+
 def spend_over_time(
     engine: Engine, filters: Filters, by: Dimension, labels: Labels, *, top: int = 8
 ) -> list[SpendPoint]:
     """Cost, tokens (of calls that went upstream) and requests per period and group;
-    groups beyond the ``top`` by cost are summed as "other"."""
-    scope = scope_for(filters, (_COLUMNS[by], *SPEND_COLUMNS))
-    group = scope.table.c[_COLUMNS[by]]
-    with reading(engine) as connection:
-        rows = series(
-            connection, scope, group, _spend_sums(scope.table), rank_by="cost_usd", top=top
-        )
+    groups beyond the ``top`` by cost are summed as "other". End users: per day."""
+    if by == "end_user":
+        with reading(engine) as connection:
+            rows = end_users.spend_by_day(connection, filters, top)
+        names = [_end_user_name(labels, row["group"]) for row in rows]
+    else:
+        scope = scope_for(filters, (_COLUMNS[by], *SPEND_COLUMNS))
+        group, sums = scope.table.c[_COLUMNS[by]], _spend_sums(scope.table)
+        with reading(engine) as connection:
+            rows = series(connection, scope, group, sums, rank_by="cost_usd", top=top)
+        names = [labels.name(by, row["group"]) for row in rows]
     return [
         SpendPoint(
             period=row["period"],
-            group=labels.name(by, row["group"]),
+            group=name,
             cost_usd=float(row["cost_usd"]),
             tokens=int(row["tokens"]),
             requests=int(row["requests"]),
         )
-        for row in rows
+        for row, name in zip(rows, names, strict=True)
     ]
 
 
@@ -160,31 +173,44 @@ def top_spenders(
     engine: Engine, filters: Filters, by: Dimension, labels: Labels, *, limit: int = 10
 ) -> list[Spender]:
     """The ``limit`` largest spenders. End users are told apart within their tenant."""
-    scope = scope_for(filters, (_COLUMNS[by], "tenant_id", *SPEND_COLUMNS))
+    total_scope = scope_for(filters, ["cost_usd"])
+    with reading(engine) as connection:
+        total = sums_of(connection, total_scope, {"usd": total_scope.table.c.cost_usd})["usd"]
+        if by == "end_user":
+            rows = [
+                (
+                    _end_user_name(labels, (s.tenant_id, s.end_user)),
+                    s.requests,
+                    s.tokens,
+                    s.cost_usd,
+                )
+                for s in end_users.top_end_users(connection, filters, limit)
+            ]
+        else:
+            rows = _top_owners(connection, filters, by, labels, limit)
+    return [
+        Spender(name, requests, tokens, float(cost), float(cost) / float(total) if total else 0.0)
+        for name, requests, tokens, cost in rows
+    ]
+
+
+def _top_owners(
+    connection: Connection, filters: Filters, by: Dimension, labels: Labels, limit: int
+) -> list[tuple[str, int, int, Any]]:
+    scope = scope_for(filters, (_COLUMNS[by], *SPEND_COLUMNS))
     table = scope.table
-    sums = _spend_sums(table)
-    groups = [table.c[_COLUMNS[by]].label("grp")]
-    if by == "end_user":
-        groups.append(table.c.tenant_id.label("tenant_id"))
+    group = table.c[_COLUMNS[by]]
     query = (
-        select(*groups, *(func.sum(v).label(k) for k, v in sums.items()))
+        select(group, *(func.sum(v).label(k) for k, v in _spend_sums(table).items()))
         .where(*scope.conditions)
-        .group_by(*groups)
-        .order_by(func.sum(table.c.cost_usd).desc(), *groups)
+        .group_by(group)
+        .order_by(func.sum(table.c.cost_usd).desc(), group)
         .limit(limit)
     )
-    with reading(engine) as connection:
-        total = float(sums_of(connection, scope, {"cost_usd": table.c.cost_usd})["cost_usd"])
-        rows = list(connection.execute(query).mappings())
-    spenders = []
-    for row in rows:
-        name = labels.name(by, row["grp"])
-        if by == "end_user":
-            name = f"{name} · {labels.name('tenant', row['tenant_id'])}"
-        cost = float(row["cost_usd"])
-        share = cost / total if total else 0.0
-        spenders.append(Spender(name, int(row["requests"]), int(row["tokens"]), cost, share))
-    return spenders
+    return [
+        (labels.name(by, row[0]), int(row.requests), int(row.tokens), row.cost_usd)
+        for row in connection.execute(query)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,3 +150,8 @@ def entries(session: Session, where: AuditFilter | None = None) -> list[AuditEnt
 def actors(session: Session) -> list[str]:
     """Everyone who has an entry in the log."""
     return list(session.scalars(select(AuditEntry.actor).distinct()))
+
+
+def target_types(session: Session) -> list[str]:
+    """Every kind of thing the log has an entry about."""
+    return list(session.scalars(select(AuditEntry.target_type).distinct()))

@@ -199,6 +199,9 @@ class RequestRecord(Base):
         Index("ix_request_records_tenant_created", "tenant_id", "created_at"),
         Index("ix_request_records_user_created", "user_id", "created_at"),
         Index("ix_request_records_session", "session_id"),
+        # Conversation search by key or end user, newest first (migration 0004).
+        Index("ix_request_records_key_created", "key_id", "created_at"),
+        Index("ix_request_records_end_user_created", "end_user", "created_at"),
     )
 
 
@@ -396,7 +399,7 @@ usage_daily_table = Table(
     PrimaryKeyConstraint("day", "tenant_id", "model", "provider", "error_code", "refusal_reason"),
 )
 
-# Per day and key, without error types or latencies: spend by user or key, quotas, billing.
+# Per day and key, sums only: spend by user or key, quotas and billing over many days.
 usage_key_daily_table = Table(
     "usage_key_daily",
     Base.metadata,
@@ -404,10 +407,8 @@ usage_key_daily_table = Table(
     Column("tenant_id", Integer, nullable=False),
     Column("user_id", Integer, nullable=False),
     Column("key_id", Integer, nullable=False),
-    Column("model", String(200), nullable=False),
-    Column("provider", String(32), nullable=False),
     *_usage_sums(),
-    PrimaryKeyConstraint("day", "tenant_id", "user_id", "key_id", "model", "provider"),
+    PrimaryKeyConstraint("day", "tenant_id", "user_id", "key_id"),
 )
 
 # End users are many: their rollup is per day, without error types or latencies.
@@ -423,4 +424,20 @@ end_user_daily_table = Table(
     Column("provider", String(32), nullable=False),
     *_usage_sums(),
     PrimaryKeyConstraint("day", "tenant_id", "user_id", "key_id", "end_user", "model", "provider"),
+    # The chosen end users' days, without reading everyone's.
+    Index("ix_usage_end_user_daily_end_user_day", "end_user", "day"),
+)
+
+# Per month: an upper bound of each end user's spend in any range within the months,
+# so the top end users of a long range are found without summing every end user's days.
+end_user_monthly_table = Table(
+    "usage_end_user_monthly",
+    Base.metadata,
+    Column("month", DateTime(timezone=True), nullable=False),
+    Column("tenant_id", Integer, nullable=False),
+    Column("user_id", Integer, nullable=False),
+    Column("key_id", Integer, nullable=False),
+    Column("end_user", String(200), nullable=False),
+    *_usage_sums(),
+    PrimaryKeyConstraint("month", "tenant_id", "user_id", "key_id", "end_user"),
 )

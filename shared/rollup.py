@@ -6,10 +6,12 @@ Three tables (``shared.models``), each a set of sums per time bucket and key:
   refusal reason; counts, tokens, cost, savings and latency histograms.
 - ``usage_daily``: the same per day and tenant, without users and keys, so that
   month-long charts read thousands of rows, not hundreds of thousands.
-- ``usage_key_daily``: day x tenant x user x key x model x provider; sums only
-  (spend by user or key, quotas, billing).
+- ``usage_key_daily``: day x tenant x user x key; sums only (spend by user or key,
+  quotas, billing).
 - ``usage_end_user_daily``: day x tenant x user x key x end user x model x provider;
   sums only (end users are many).
+- ``usage_end_user_monthly``: month x tenant x user x key x end user; sums only
+  (upper bounds that find the top end users of a long range; ``shared.end_users``).
 
 ``add_records`` is called by ``shared.records.write_records`` in the transaction
 that inserts the records, with only the rows that insert really added, so a
@@ -58,6 +60,7 @@ from shared.models import (
     LATENCY_METRICS,
     RequestRecord,
     end_user_daily_table,
+    end_user_monthly_table,
     latency_column,
     usage_daily_table,
     usage_hourly_table,
@@ -88,6 +91,7 @@ _ZERO: ColumnElement[int] = literal_column("0")  # inline: ~180 bound zeros per 
 _SQLITE_FORMATS = {  # SQLAlchemy's SQLite DATETIME text format
     "hour": "%Y-%m-%d %H:00:00.000000",
     "day": "%Y-%m-%d 00:00:00.000000",
+    "month": "%Y-%m-01 00:00:00.000000",
 }
 
 
@@ -102,6 +106,11 @@ def hour_of(at: datetime) -> datetime:
 
 def day_of(at: datetime) -> datetime:
     return as_utc(at).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def month_start_of(at: datetime) -> datetime:
+    """Midnight UTC on the first day of the month ``at`` falls in."""
+    return day_of(at).replace(day=1)
 
 
 def latency_bucket(value_ms: float) -> int:
@@ -121,7 +130,7 @@ class Rollup:
     """One rollup table: its time grain, the record fields it is keyed by, its sums."""
 
     table: Table
-    grain: str  # "hour" or "day", also the name of the time column
+    grain: str  # "hour", "day" or "month", also the name of the time column
     keys: tuple[str, ...]  # after the time column
     has_latencies: bool
 
@@ -143,10 +152,7 @@ DAILY = Rollup(
     has_latencies=True,
 )
 KEY_DAILY = Rollup(
-    usage_key_daily_table,
-    "day",
-    ("tenant_id", "user_id", "key_id", "model", "provider"),
-    has_latencies=False,
+    usage_key_daily_table, "day", ("tenant_id", "user_id", "key_id"), has_latencies=False
 )
 END_USER_DAILY = Rollup(
     end_user_daily_table,
@@ -154,9 +160,20 @@ END_USER_DAILY = Rollup(
     ("tenant_id", "user_id", "key_id", "end_user", "model", "provider"),
     has_latencies=False,
 )
-ROLLUPS = (HOURLY, DAILY, KEY_DAILY, END_USER_DAILY)  # also the order rows are locked in
+END_USER_MONTHLY = Rollup(
+    end_user_monthly_table,
+    "month",
+    ("tenant_id", "user_id", "key_id", "end_user"),
+    has_latencies=False,
+)
+# Also the order in which a batch's rows are locked.
+ROLLUPS = (HOURLY, DAILY, KEY_DAILY, END_USER_DAILY, END_USER_MONTHLY)
 
-_TRUNCATE: dict[str, Callable[[datetime], datetime]] = {"hour": hour_of, "day": day_of}
+_TRUNCATE: dict[str, Callable[[datetime], datetime]] = {
+    "hour": hour_of,
+    "day": day_of,
+    "month": month_start_of,
+}
 _KEY_VALUES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "tenant_id": lambda row: row["tenant_id"] or 0,
     "user_id": lambda row: row["user_id"] or 0,
@@ -269,7 +286,7 @@ def _upsert(dialect: str, rollup: Rollup) -> Insert:
 def rebuild(engine: Engine, since: datetime | None = None) -> None:
     """Recompute every rollup from the raw records created from ``since`` (all if None).
 
-    Hourly rows are rebuilt from the hour ``since`` falls in, daily ones from its day.
+    Each rollup is rebuilt from the hour, day or month ``since`` falls in.
     On PostgreSQL the rollup tables are locked for the transaction, so records written
     meanwhile are counted exactly once (their writers wait, then add them).
     """

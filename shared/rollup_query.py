@@ -2,7 +2,8 @@
 
 ``Filters`` say what a dashboard shows. ``scope_for`` picks the smallest rollup that
 has the columns a question needs: per day, ``usage_daily`` (tenants and models),
-``usage_key_daily`` (users and keys), ``usage_hourly`` (latencies of a user or key),
+``usage_key_daily`` (users and keys), ``usage_hourly`` (latencies, models or
+error types of a user or key),
 ``usage_end_user_daily`` (end users); per hour, ``usage_hourly``. Ranges shown per
 day start at midnight UTC of their first day; ranges shown per hour start at the
 hour their start falls in.
@@ -54,11 +55,13 @@ class Filters:
 
 @contextmanager
 def reading(engine: Engine) -> Iterator[Connection]:
-    """A connection for rollup reads. PostgreSQL's JIT is off for it: compiling
-    ~200 aggregates takes far longer than running them."""
+    """A connection for rollup reads, in one transaction. On PostgreSQL, JIT is off
+    (compiling ~200 aggregates takes far longer than running them)."""
     with engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SET LOCAL jit = off"))
+            # Grouping by end user or key hashes ~100k groups: keep that in memory.
+            connection.execute(text("SET LOCAL work_mem = '64MB'"))
         yield connection
 
 
@@ -107,9 +110,11 @@ _CANDIDATES: dict[Granularity, tuple[Rollup, ...]] = {
 }
 
 
-def scope_for(filters: Filters, needs: Iterable[str] = ()) -> Scope:
-    """The smallest rollup with the ``needs`` columns (and the filtered ones) at the
-    filters' grain; per day when no hourly rollup has them (end users)."""
+def scope_for(
+    filters: Filters, needs: Iterable[str] = (), granularity: Granularity | None = None
+) -> Scope:
+    """The smallest rollup with the ``needs`` columns (and the filtered ones) at
+    ``granularity`` (else the filters'); per day when no hourly rollup has them."""
     needed = set(needs) | {
         name
         for name, values in (
@@ -120,11 +125,11 @@ def scope_for(filters: Filters, needs: Iterable[str] = ()) -> Scope:
         )
         if values
     }
-    grains: list[Granularity] = [filters.granularity, "day"]
-    for granularity in grains:
-        for rollup in _CANDIDATES[granularity]:
+    grains: list[Granularity] = [granularity or filters.granularity, "day"]
+    for grain in grains:
+        for rollup in _CANDIDATES[grain]:
             if needed <= set(rollup.table.c.keys()):
-                return _scope(rollup, granularity, filters)
+                return _scope(rollup, grain, filters)
     raise ValueError(f"no rollup has the columns {sorted(needed)}")
 
 

@@ -10,7 +10,8 @@ answer), ``"quoted words"`` as a phrase, ``-word`` must not appear. Case is igno
 there is no stemming, so it works the same for every language. The text is never
 handed to the database as query syntax: on PostgreSQL it goes through
 ``websearch_to_tsquery``, on SQLite every term is quoted for FTS5. A query that
-cannot be understood raises ``InvalidQuery``.
+cannot be understood raises ``InvalidQuery``. A text search asks the index for its
+matches first (``_text_matches``), so a rare word never walks the whole log.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from shared.models import ApiKey, Flag, RequestBody, RequestRecord, Tenant, User
 
 MAX_PAGE_SIZE = 200
 MAX_SESSION_RECORDS = 1000
+# Up to this many text matches are fetched by id and sorted; past it, the newest records
+# are walked and checked (see _text_matches).
+TEXT_MATCH_CAP = 5000
 STATUS_CLASSES = ("2xx", "4xx", "5xx", "error")
 FLAG_FILTERS = ("flagged", "unflagged", "open")
 
@@ -157,6 +161,15 @@ def search_records(
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise InvalidQuery(f"a page holds 1 to {MAX_PAGE_SIZE} records")
     conditions = _conditions(engine, query)
+    if query.text.strip():
+        matches = _text_matches(engine, query.text)
+        if matches is not None and not matches:
+            return RecordPage([], None)
+        conditions.append(
+            RequestRecord.id.in_(matches)
+            if matches is not None
+            else _text_condition(engine.dialect.name, query.text)
+        )
     if cursor is not None:
         at, record_id = _decode_cursor(cursor)
         conditions.append(
@@ -289,8 +302,6 @@ def _summary_select() -> Select[RequestRecord, str, str, str, str]:
 def _conditions(engine: Engine, query: RecordQuery) -> list[ColumnElement[bool]]:
     record = RequestRecord
     conditions: list[ColumnElement[bool]] = []
-    if query.text.strip():
-        conditions.append(_text_condition(engine.dialect.name, query.text))
     if request_id := query.request_id.strip():
         conditions.append(
             or_(
@@ -372,14 +383,48 @@ def parse_text_query(text_: str) -> list[Term]:
     return terms
 
 
+def _text_matches(engine: Engine, text_: str) -> list[str] | None:
+    """The ids of every record whose bodies match, when there are at most
+    ``TEXT_MATCH_CAP`` of them; None when there are more.
+
+    Why two steps: the planner cannot tell a rare word from a missing one, so for a rare
+    word it walks the newest records one by one hoping to fill a page soon, and reads the
+    whole log. Asking the full-text index first settles it: few matches are sorted
+    directly; many are dense enough that walking the newest records fills a page at once.
+    """
+    terms = parse_text_query(text_)
+    limit = TEXT_MATCH_CAP + 1
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            matches = select(RequestBody.record_id).where(_pg_matches(terms)).limit(limit)
+            ids = list(connection.scalars(matches))
+        else:
+            rowids = (
+                text(
+                    "SELECT rowid FROM request_bodies_fts "
+                    "WHERE request_bodies_fts MATCH :fts_query LIMIT :fts_limit"
+                )
+                .bindparams(fts_query=_fts5_query(terms), fts_limit=limit)
+                .columns(column("rowid"))
+            )
+            matches = select(RequestBody.record_id).where(
+                literal_column("request_bodies.rowid").in_(rowids)
+            )
+            ids = list(connection.scalars(matches))
+    return ids if len(ids) <= TEXT_MATCH_CAP else None
+
+
+def _pg_matches(terms: list[Term]) -> ColumnElement[bool]:
+    websearch = " ".join(f'{"-" if t.is_negated else ""}"{t.words}"' for t in terms)
+    return literal_column("request_bodies.search_document").bool_op("@@")(
+        func.websearch_to_tsquery(literal_column("'simple'::regconfig"), websearch)
+    )
+
+
 def _text_condition(dialect: str, text_: str) -> ColumnElement[bool]:
     terms = parse_text_query(text_)
     if dialect == "postgresql":
-        websearch = " ".join(f'{"-" if t.is_negated else ""}"{t.words}"' for t in terms)
-        matches = literal_column("request_bodies.search_document").bool_op("@@")(
-            func.websearch_to_tsquery(literal_column("'simple'::regconfig"), websearch)
-        )
-        return RequestRecord.id.in_(select(RequestBody.record_id).where(matches))
+        return RequestRecord.id.in_(select(RequestBody.record_id).where(_pg_matches(terms)))
     if dialect == "sqlite":
         fts = _fts5_query(terms)
         rowids = (

@@ -8,12 +8,15 @@ The providers' own variables (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".metergate")
 MIN_ADMIN_TOKEN_CHARS = 32
+# The request log is the ledger quota counters are rebuilt from: it must hold a whole month.
+MIN_RECORDS_RETENTION_DAYS = 32
 
 
 class Settings(BaseSettings):
@@ -211,7 +214,136 @@ class Settings(BaseSettings):
         description="Feedback scores (0 to 1) below this flag the record for support "
         "(reason low_feedback).",
     )
+    alert_webhook_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated webhook URLs that budget and spend-spike alerts are posted "
+        "to (Slack-compatible JSON). Unset: no alerts.",
+    )
+    alert_thresholds_percent: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [50, 80, 100],
+        description="Comma-separated percentages of a monthly USD budget or cap (user, key, "
+        "tenant, global) at which an alert is sent, once per month each.",
+    )
+    alert_spike_factor: float = Field(
+        3.0,
+        gt=1,
+        description="A spend spike: the current hour's spend (global or a tenant's) at least "
+        "this many times its average hourly spend over the baseline days.",
+    )
+    alert_spike_min_usd: float = Field(
+        10.0,
+        ge=0,
+        description="Smallest hourly spend in USD that counts as a spike, whatever the baseline.",
+    )
+    alert_spike_baseline_days: int = Field(
+        7, ge=1, description="Days of hourly spend the spike detector compares the hour with."
+    )
+    alert_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="How often the background job (metergate alerts run) evaluates alerts.",
+    )
+    alert_max_attempts: int = Field(
+        10, ge=1, description="Deliveries of one alert to one webhook tried before giving up."
+    )
+    alert_retry_base_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Wait before retrying a failed alert delivery, doubled after each failure "
+        "(at most an hour).",
+    )
+    retention_bodies_days: int | None = Field(
+        None,
+        ge=1,
+        description="Delete request and response bodies older than this many days (the "
+        "metadata stays). Unset: keep them as long as the records.",
+    )
+    retention_records_days: int | None = Field(
+        None,
+        ge=MIN_RECORDS_RETENTION_DAYS,
+        description="Delete request records (with their bodies, flags and feedback) older than "
+        "this many days; at least 32 (quota counters are rebuilt from the month's records). "
+        "Unset: keep them forever.",
+    )
+    retention_batch_size: int = Field(
+        5000, ge=1, description="Rows deleted per statement when retention deletes row by row."
+    )
     log_level: str = Field("INFO", description="Application log level.")
+
+    @field_validator("alert_webhook_urls", "alert_thresholds_percent", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("alert_thresholds_percent")
+    @classmethod
+    def _check_thresholds(cls, value: list[int]) -> list[int]:
+        if any(percent <= 0 for percent in value):
+            raise ValueError("alert thresholds are positive percentages")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _bodies_go_first(self) -> Settings:
+        bodies, records = self.retention_bodies_days, self.retention_records_days
+        if bodies is not None and records is not None and bodies > records:
+            raise ValueError("bodies cannot be kept longer than their records")
+        return self
+    otel_endpoint: str = Field(
+        "",
+        validation_alias=AliasChoices("METERGATE_OTEL_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/HTTP collector base URL (traces go to <url>/v1/traces); also read "
+        "from the standard OTEL_EXPORTER_OTLP_ENDPOINT. Unset: tracing is off.",
+    )
+    otel_service_name: str = Field(
+        "metergate-proxy", description="service.name of the proxy's OpenTelemetry traces."
+    )
+    jwt_issuer: str = Field(
+        "",
+        description="Issuer (iss) of the OIDC/JWT bearer tokens the proxy accepts besides "
+        "gateway keys. Unset: tokens are not accepted.",
+    )
+    jwt_audience: str = Field(
+        "", description="Audience (aud) the tokens must carry (unset: aud is not checked)."
+    )
+    jwks_url: str = Field(
+        "",
+        description="Where the issuer's signing keys are published (unset: jwks_uri from the "
+        "issuer's /.well-known/openid-configuration).",
+    )
+    jwt_algorithms: str = Field(
+        "RS256,ES256", description="Comma-separated signature algorithms tokens may use."
+    )
+    jwt_tenant_claim: str = Field(
+        "metergate_tenant", description="Claim naming the caller's tenant (an existing one)."
+    )
+    jwt_user_claim: str = Field(
+        "email",
+        description="Claim naming the caller's user; a user of that name in the tenant is "
+        "created on first use.",
+    )
+    jwt_tier_claim: str = Field(
+        "metergate_tier",
+        description="Claim naming the caller's tier (an existing one); absent: the user's tier, "
+        "else METERGATE_JWT_DEFAULT_TIER.",
+    )
+    jwt_default_tenant: str = Field(
+        "", description="Tenant of tokens without the tenant claim (unset: such tokens get 403)."
+    )
+    jwt_default_tier: str = Field(
+        "",
+        description="Tier of users created from tokens without the tier claim (unset: such "
+        "tokens of unknown users get 403).",
+    )
+    jwt_leeway_seconds: int = Field(
+        30, ge=0, description="Clock skew allowed when checking a token's exp, nbf and iat."
+    )
+    sentry_dsn: SecretStr = Field(
+        SecretStr(""),
+        description="Sentry DSN for reports of the proxy's unexpected errors (no request "
+        "bodies, keys or personal data are sent). Unset: off.",
+    )
 
     @field_validator("database_url")
     @classmethod

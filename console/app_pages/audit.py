@@ -10,17 +10,21 @@ from console import data
 from console.auth import require_role
 from shared.audit import AuditFilter
 
-TARGET_TYPES = ["tier", "user", "key", "tenant", "deployment", "model", "console_user", "flag"]
-
 require_role("admin")
 st.title("Audit")
-st.caption("Every change made in the console or with console-user commands, newest first.")
+st.caption(
+    "Every change made in the console, through the admin API or with console-user commands, "
+    "newest first."
+)
 
 who, what, kind, since = st.columns(4)
 actor = who.selectbox("Who", [None, *data.audit_actors()], format_func=lambda a: a or "anyone")
 action = what.text_input("Action starts with", key="audit-action", placeholder="tier.")
 target_type = kind.selectbox(
-    "Target", [None, *TARGET_TYPES], format_func=lambda t: t or "anything", key="audit-target"
+    "Target",
+    [None, *data.audit_target_types()],
+    format_func=lambda t: t or "anything",
+    key="audit-target",
 )
 day = since.date_input(
     "Since", value=datetime.now(UTC).date() - timedelta(days=30), key="audit-since"
@@ -49,8 +53,13 @@ rows = picked.selection.rows if picked is not None else []
 entry = log.iloc[rows[0] if rows else 0]
 st.subheader(f"{entry['action']} · {entry['target']}")
 st.caption(f"by {entry['actor']} at {entry['at']}")
-before, after = st.columns(2)
-before.markdown("**Before**")
-before.json(entry["before"] if entry["before"] is not None else {}, expanded=True)
-after.markdown("**After**")
-after.json(entry["after"] if entry["after"] is not None else {}, expanded=True)
+sides = st.columns(2)
+for side, label, value, absent in (
+    (sides[0], "Before", entry["before"], "Nothing: this change created it."),
+    (sides[1], "After", entry["after"], "Nothing: this change removed it."),
+):
+    side.markdown(f"**{label}**")
+    if value is None:
+        side.caption(absent)
+    else:
+        side.json(value, expanded=True)

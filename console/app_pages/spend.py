@@ -65,27 +65,33 @@ with right:
     )
 
 st.subheader("Top spenders")
-TOP: list[tuple[Dimension, str]] = [
-    ("tenant", "Tenants"),
-    ("user", "Users"),
-    ("end_user", "End users"),
-]
-for column, (dimension, title) in zip(st.columns(len(TOP)), TOP, strict=True):
-    with column:
-        top = dashboards.top_spenders(filters, dimension, 10)
-        st.plotly_chart(
-            charts.ranking(top, label="name", value="cost_usd", title=title, x_title="USD"),
-            key=f"spend-top-{dimension}",
-        )
-        st.dataframe(
-            top[["name", "cost_usd", "tokens", "requests", "share"]],
-            hide_index=True,
-            column_config={
-                "cost_usd": st.column_config.NumberColumn("USD", format="$%.4f"),
-                "share": st.column_config.ProgressColumn("share", min_value=0.0, max_value=1.0),
-            },
-            key=f"spend-top-{dimension}-table",
-        )
+TOP: dict[Dimension, str] = {
+    "tenant": "Tenants",
+    "user": "Users",
+    "end_user": "End users",
+    "key": "Keys",
+}
+ranked = st.segmented_control(
+    "Rank", list(TOP), format_func=lambda d: TOP[d], default="tenant", key="spend-top"
+)
+dimension: Dimension = ranked or "tenant"
+top = dashboards.top_spenders(filters, dimension, 10)
+chart_column, table_column = st.columns(2)
+with chart_column:
+    st.plotly_chart(
+        charts.ranking(top, label="name", value="cost_usd", title=TOP[dimension], x_title="USD"),
+        key="spend-top-chart",
+    )
+with table_column:
+    st.dataframe(
+        top[["name", "cost_usd", "tokens", "requests", "share"]],
+        hide_index=True,
+        column_config={
+            "cost_usd": st.column_config.NumberColumn("USD", format="$%.4f"),
+            "share": st.column_config.ProgressColumn("share", min_value=0.0, max_value=1.0),
+        },
+        key="spend-top-table",
+    )
 
 st.subheader("Savings")
 savings = dashboards.savings_over_time(filters)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -35,7 +36,10 @@ def quota_table(users: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-share = st.column_config.ProgressColumn(min_value=0.0, max_value=1.0)
+def share(label: str) -> Any:
+    return st.column_config.ProgressColumn(label, min_value=0.0, max_value=1.0)
+
+
 st.subheader("Tenants")
 tenant_table = tenants.join(spend["tenants"].rename(columns={"usd": "spent_usd"}), on="id")
 tenant_table[["tokens", "spent_usd"]] = tenant_table[["tokens", "spent_usd"]].fillna(0)
@@ -48,7 +52,7 @@ st.dataframe(
     column_config={
         "spent_usd": st.column_config.NumberColumn("spent", format="$%.4f"),
         "monthly_usd": st.column_config.NumberColumn("cap", format="$%.2f"),
-        "used": share,
+        "used": share("of cap"),
     },
 )
 
@@ -60,10 +64,10 @@ st.dataframe(
     + ["spent_usd", "monthly_usd_quota", "usd_used"],
     column_config={
         "monthly_tokens_quota": st.column_config.NumberColumn("token quota"),
-        "tokens_used": share,
+        "tokens_used": share("of token quota"),
         "spent_usd": st.column_config.NumberColumn("spent", format="$%.4f"),
         "monthly_usd_quota": st.column_config.NumberColumn("USD quota", format="$%.2f"),
-        "usd_used": share,
+        "usd_used": share("of USD quota"),
     },
 )
 

@@ -30,7 +30,7 @@ import psycopg
 from sqlalchemy import Engine, insert, text
 
 from shared import analytics, billing, budget
-from shared.analytics import Filters
+from shared.analytics import Dimension, Filters
 from shared.db import make_engine, upgrade
 from shared.models import ApiKey, Tenant, Tier, User
 from shared.rollup import ROLLUPS, rebuild
@@ -214,20 +214,25 @@ class Timing:
 def page_queries(
     engine: Engine, filters: Filters, now: datetime
 ) -> dict[str, Callable[[], object]]:
-    """What each page runs on its first render (``console/app_pages``)."""
+    """What each page runs on its first render (``console/app_pages``), and the Spend
+    page after switching its stack and ranking to users or end users."""
 
     def spend() -> None:
         labels = analytics.load_labels(engine)
         analytics.totals(engine, filters)
         analytics.spend_over_time(engine, filters, "model", labels)
-        for by in ("tenant", "user", "end_user"):
-            analytics.top_spenders(engine, filters, by, labels)  # type: ignore[arg-type]
+        analytics.top_spenders(engine, filters, "tenant", labels)
         analytics.savings_over_time(engine, filters)
         budget.month_forecast(engine, filters, now)
         budget.quota_use(engine, filters, now, labels)
 
-    def spend_by_end_user() -> None:
-        analytics.spend_over_time(engine, filters, "end_user", analytics.load_labels(engine))
+    def spend_by(by: Dimension) -> Callable[[], None]:
+        def run() -> None:  # the stack and the ranking switched to ``by``
+            labels = analytics.load_labels(engine)
+            analytics.spend_over_time(engine, filters, by, labels)
+            analytics.top_spenders(engine, filters, by, labels)
+
+        return run
 
     def latency() -> None:
         analytics.load_labels(engine)
@@ -250,7 +255,8 @@ def page_queries(
 
     return {
         "Spend": spend,
-        "Spend, stacked by end user": spend_by_end_user,
+        "Spend by user": spend_by("user"),
+        "Spend by end user": spend_by("end_user"),
         "Latency": latency,
         "Cache": cache,
         "Export": export,

@@ -146,6 +146,16 @@ def load(url: str, count: int, seed: int) -> None:
             print(f"  loaded {offset + size:>9,} records", flush=True)
 
 
+def build(url: str, count: int, seed: int) -> None:
+    upgrade(url, "0003")
+    started = time.perf_counter()
+    load(url, count, seed)
+    print(f"loaded {count:,} records with bodies in {time.perf_counter() - started:.0f} s")
+    started = time.perf_counter()
+    command.upgrade(alembic_config(url), "0004")  # only the index: no rollup backfill
+    print(f"migration 0004 indexed them in {time.perf_counter() - started:.0f} s")
+
+
 def measure(run: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
     started = time.perf_counter()
     run()
@@ -163,23 +173,20 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument(
+        "--database", help="time the searches on this database a --keep run left (no loading)"
+    )
     args = parser.parse_args()
-    url = create_pg_database()
+    url = args.database or create_pg_database()
     print(f"database: {url}")
     try:
-        upgrade(url, "0003")
-        started = time.perf_counter()
-        load(url, args.records, args.seed)
-        print(
-            f"loaded {args.records:,} records with bodies in {time.perf_counter() - started:.0f} s"
-        )
-        started = time.perf_counter()
-        command.upgrade(alembic_config(url), "0004")  # only the index: no rollup backfill
-        print(f"migration 0004 indexed them in {time.perf_counter() - started:.0f} s")
+        if not args.database:
+            build(url, args.records, args.seed)
         engine = make_engine(url)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(text("VACUUM ANALYZE request_records"))
-            connection.execute(text("VACUUM ANALYZE request_bodies"))
+            if not args.database:
+                connection.execute(text("VACUUM ANALYZE request_records"))
+                connection.execute(text("VACUUM ANALYZE request_bodies"))
         with engine.connect() as connection:
             some = connection.execute(
                 text("SELECT id, session_id, end_user, tenant_id FROM request_records LIMIT 1")
@@ -202,6 +209,7 @@ def main() -> None:
             "request id": RecordQuery(request_id="req-4242"),
             "session id": RecordQuery(session_id=some.session_id),
             "end user": RecordQuery(end_user=some.end_user),
+            "key": RecordQuery(key_id=7),
             "tenant": RecordQuery(tenant_id=some.tenant_id),
             "status 5xx": RecordQuery(status="5xx"),
             "flagged": RecordQuery(flag="flagged"),
@@ -229,7 +237,7 @@ def main() -> None:
         print(f"\nslowest: {worst:.3f} s (target {TARGET_SECONDS:.0f} s)")
         engine.dispose()
     finally:
-        if args.keep:
+        if args.keep or args.database:
             print(f"kept {url}")
         else:
             drop_pg_database(url)

@@ -231,6 +231,20 @@ def test_oidc_sign_in_takes_the_role_of_the_console_account(
         at.switch_page("app_pages/tiers.py")
 
 
+def test_an_oidc_sign_in_older_than_the_session_length_ends(
+    console_env: str, console_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METERGATE_CONSOLE_OIDC", "true")
+    email = f"{uuid.uuid4().hex[:8]}@acme.example"
+    with transaction(console_engine) as session:
+        console_users.create_console_user(session, email, "viewer")
+    at = fresh_app()
+    at.user = {"is_logged_in": True, "email": email, "iat": int(time.time()) - 9 * 3600}
+    at.run()
+    assert not is_signed_in(at)
+    assert at.user == {"is_logged_in": False}  # st.logout() ended the identity cookie too
+
+
 def test_oidc_without_a_console_account_is_refused(
     console_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

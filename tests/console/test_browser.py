@@ -1,10 +1,10 @@
 """The console in a real browser: headless Chromium against ``metergate serve console``.
 
 The console runs as its own process (as in production) on a seeded PostgreSQL
-database, next to a running proxy it replays through. The test signs in, opens
-every page the navigation offers an admin, saves a screenshot of each to
-``tests/artifacts/console/``, then does the main flows a person does: search the
-conversations, open one and replay it, and create a key whose secret shows once.
+database, next to a running proxy it replays through. One browser tab signs in
+as an admin and does what people do: searches the conversations, opens one and
+replays it, creates a key whose secret shows once, and finally opens every page,
+leaving a screenshot of each in ``tests/artifacts/console/``.
 
 Needs Debian's ``chromium`` (``make test`` installs it when missing); without it
 the test is skipped locally and fails in CI.
@@ -48,7 +48,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
 PAGES_DIR = Path(__file__).resolve().parents[2] / "console" / "app_pages"
 METERGATE = Path(sys.executable).parent / "metergate"
 QUESTION = f"Where is parcel {uuid.uuid4().hex[:6]}?"
-RUNNING = "[data-testid=stStatusWidgetRunningIcon]"
+RUNNING = "[data-testid=stStatusWidgetRunningIcon], [data-testid=stStatusWidgetRunningManIcon]"
 PLACEHOLDER = "[data-testid=stSkeleton]"
 
 if not CHROMIUM.exists():
@@ -139,15 +139,17 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture()
-def page(console: Console, monkeypatch: pytest.MonkeyPatch) -> Iterator[Page]:
-    # Headless Chromium may never report its web fonts ready; screenshots must not wait on it.
-    monkeypatch.setenv("PW_TEST_SCREENSHOT_NO_FONTS_READY", "1")
-    with playwright_sync.sync_playwright() as driver:
+@pytest.fixture(scope="module")
+def page(console: Console) -> Iterator[Page]:
+    """One browser tab for the module, signed in as an admin (a reload would sign it out)."""
+    with pytest.MonkeyPatch.context() as patch, playwright_sync.sync_playwright() as driver:
+        # Headless Chromium may never report its web fonts ready: screenshots must not wait.
+        patch.setenv("PW_TEST_SCREENSHOT_NO_FONTS_READY", "1")
         browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
-            tab = browser.new_page(viewport={"width": 1440, "height": 2000})
+            tab = browser.new_page(viewport={"width": 1440, "height": 1400})
             tab.set_default_timeout(60_000)
+            sign_in(tab, console)
             yield tab
         finally:
             browser.close()
@@ -196,24 +198,11 @@ def open_page(page: Page, title: str) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_an_admin_signs_in_and_opens_every_page(page: Page, console: Console) -> None:
-    sign_in(page, console)
-    shown = [p for p in PAGES if not p.is_hidden and (PAGES_DIR / p.file).exists()]
-    assert len(shown) >= 13
-    for number, spec in enumerate(shown, start=1):
-        open_page(page, spec.title)
-        expect(page.locator("h1").first).to_be_visible()
-        expect(page.get_by_text("This page needs the")).to_have_count(0)
-        shoot(page, f"{number:02d}-{Path(spec.file).stem}")
-
-
-@pytest.mark.timeout(600)
 def test_support_searches_a_conversation_and_replays_it(
     page: Page, console: Console, console_engine: Engine
 ) -> None:
     if "q-submit" not in (PAGES_DIR / "conversations.py").read_text():
         pytest.skip("the conversations page has no search yet")
-    sign_in(page, console)
     open_page(page, "Conversations")
     page.get_by_role("textbox", name="Text in prompts and answers").fill(QUESTION)
     button(page, "Search").click()
@@ -248,8 +237,7 @@ def _replays_of(engine: Engine, record_id: str) -> list[str]:
 
 
 @pytest.mark.timeout(300)
-def test_an_admin_creates_a_key_and_sees_its_secret_once(page: Page, console: Console) -> None:
-    sign_in(page, console)
+def test_an_admin_creates_a_key_and_sees_its_secret_once(page: Page) -> None:
     open_page(page, "Keys")
     page.get_by_role("textbox", name="Label").fill("made-in-chromium")
     button(page, "Create key").click()
@@ -261,3 +249,15 @@ def test_an_admin_creates_a_key_and_sees_its_secret_once(page: Page, console: Co
     open_page(page, "Tiers")
     open_page(page, "Keys")
     expect(page.locator("code").filter(has_text=re.compile(r"^mg-"))).to_have_count(0)
+
+
+@pytest.mark.timeout(600)
+def test_an_admin_opens_every_page(page: Page) -> None:
+    """Last, so the dashboards and the audit log show what the flows above did."""
+    shown = [p for p in PAGES if not p.is_hidden and (PAGES_DIR / p.file).exists()]
+    assert len(shown) >= 13
+    for number, spec in enumerate(shown, start=1):
+        open_page(page, spec.title)
+        expect(page.locator("h1").first).to_be_visible()
+        expect(page.get_by_text("This page needs the")).to_have_count(0)
+        shoot(page, f"{number:02d}-{Path(spec.file).stem}")

@@ -132,7 +132,7 @@ def test_spend_page_shows_every_section(tenant: Tenant) -> None:
     at = open_page("spend")
     assert at.title[0].value == "Spend"
     titles = set(charts(at))
-    assert {"Spend (USD) by model", "Tenants", "Users", "End users"} <= titles
+    assert {"Spend (USD) by model", "Tenants"} <= titles
     assert "USD saved by caching" in titles
     assert "Month-end forecast" in metrics(at)
 
@@ -147,8 +147,14 @@ def test_spend_page_filters_by_tenant_and_stacks_by_user(tenant: Tenant) -> None
 
     at.selectbox(key="spend-stack").set_value("user").run()
     at.radio(key="spend-measure").set_value("Tokens").run()
+    at.segmented_control(key="spend-top").set_value("end_user").run()
     assert not at.exception
     assert traces(charts(at)["Tokens by user"]) == {tenant.user}
+    ranked = at.dataframe[0].value  # end-user-0 made 4 paid calls, the others 3
+    assert ranked["name"].tolist() == [
+        *(f"end-user-{i} · {tenant.name}" for i in range(3)),
+        f"(none) · {tenant.name}",
+    ]
     bars = [e.proto for e in at.get("progress")]
     assert any(tenant.user in bar.text and "$2.50 of $10.00" in bar.text for bar in bars)
     assert metrics(at)[f"Spent in {datetime.now(UTC):%Y-%m}"] == "$2.50"

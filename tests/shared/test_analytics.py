@@ -11,13 +11,13 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import Engine
 
-from shared import analytics
+from shared import analytics, end_users
 from shared.analytics import Filters, Labels, bucket_bounds, percentile
 from shared.db import make_engine, upgrade
 from shared.models import LATENCY_BUCKETS, LATENCY_EDGES_MS
 from shared.records import CallRecord, write_records
 from shared.rollup import as_utc, hour_of
-from shared.rollup_query import scope_for
+from shared.rollup_query import reading, scope_for
 from tests.shared.usage_records import call, fresh_owner, varied_records
 
 START = datetime(2032, 5, 6, 7, tzinfo=UTC)
@@ -140,7 +140,7 @@ def test_spend_by_end_user_names_missing_end_users_none(
     filters = Filters(START, START + timedelta(hours=6), (owner,))  # hours, but end users: days
     points = analytics.spend_over_time(engine, filters, "end_user", Labels(), top=20)
     assert all(p.period == START.replace(hour=0) for p in points)
-    assert "(none)" in {p.group for p in points}
+    assert f"(none) · #{owner}" in {p.group for p in points}
     day_records = [r for r in records if as_utc(r.created_at).date() == START.date()]
     assert sum(p.requests for p in points) == len(day_records)
 
@@ -246,6 +246,7 @@ def test_a_record_written_later_for_an_old_hour_lands_in_that_hour(engine: Engin
         (7, ("model", "cost_usd"), {"tenant_ids": (1,)}, "usage_daily"),
         (7, ("user_id", "cost_usd"), {}, "usage_key_daily"),
         (7, ("cost_usd",), {"key_ids": (1,)}, "usage_key_daily"),
+        (7, ("user_id", "cost_usd"), {"models": ("gpt-4o",)}, "usage_hourly"),
         (7, ("model", *analytics.HISTOGRAM_COLUMNS), {"user_ids": (1,)}, "usage_hourly"),
         (1, ("end_user", "cost_usd"), {}, "usage_end_user_daily"),
     ],
@@ -267,3 +268,77 @@ def test_latencies_of_one_key_over_days_come_from_the_hourly_rollup(
     totals = {p.model: p.count for p in summary if p.metric == "total"}
     expected = Counter(r.model for r in records if r.key_id == owner + 1)
     assert totals == dict(expected)
+
+
+# -- end users --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def end_user_spend(engine: Engine) -> tuple[int, list[CallRecord]]:
+    """30 end users of one tenant over 10 days, and two big spenders of the same month
+    outside that range (large upper bounds, nothing in the range)."""
+    owner = fresh_owner()
+    start = datetime(2034, 7, 10, tzinfo=UTC)
+    ids: dict[str, object] = {"tenant_id": owner, "user_id": owner, "key_id": owner}
+    records = [
+        call(
+            start + timedelta(days=i % 10, hours=i % 24),
+            end_user=f"eu-{i % 30:02d}" if i % 7 else None,
+            cost_usd=Decimal(1 + (i * 37) % 11) / 100,
+            prompt_tokens=10,
+            **ids,
+        )
+        for i in range(300)
+    ]
+    records += [
+        call(datetime(2034, 7, 2, tzinfo=UTC), end_user=name, cost_usd=Decimal(50), **ids)
+        for name in ("whale-a", "whale-b")
+    ]
+    write_records(engine, records)
+    return owner, records
+
+
+@pytest.mark.parametrize("per_round", [2, 5, 200])
+def test_top_end_users_equal_summing_every_end_user(
+    engine: Engine,
+    end_user_spend: tuple[int, list[CallRecord]],
+    per_round: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    owner, records = end_user_spend
+    monkeypatch.setattr(end_users, "CANDIDATES_PER_ROUND", per_round)
+    filters = Filters(
+        datetime(2034, 7, 10, tzinfo=UTC), datetime(2034, 7, 20, tzinfo=UTC), (owner,)
+    )
+    spent: dict[str, Decimal] = defaultdict(Decimal)
+    for record in records:
+        if (
+            datetime(2034, 7, 10, tzinfo=UTC)
+            <= record.created_at
+            < datetime(2034, 7, 20, tzinfo=UTC)
+        ):
+            spent[record.end_user or ""] += record.cost_usd
+    expected = sorted(spent.items(), key=lambda item: (-item[1], item[0]))[:5]
+    with reading(engine) as connection:
+        top = end_users.top_end_users(connection, filters, 5)
+        everyone = end_users._everyone(connection, filters, 5)
+    assert [(s.end_user, s.cost_usd) for s in top] == expected
+    assert top == everyone
+
+
+def test_spend_by_end_user_per_day_adds_up_to_the_day_totals(
+    engine: Engine, end_user_spend: tuple[int, list[CallRecord]]
+) -> None:
+    owner, records = end_user_spend
+    filters = Filters(datetime(2034, 7, 1, tzinfo=UTC), datetime(2034, 7, 20, tzinfo=UTC), (owner,))
+    points = analytics.spend_over_time(
+        engine, filters, "end_user", Labels(tenants={owner: "t"}), top=3
+    )
+    assert {p.group for p in points} == {"whale-a · t", "whale-b · t", "(none) · t", "other"}
+    per_day: dict[datetime, float] = defaultdict(float)
+    for record in records:
+        per_day[as_utc(record.created_at).replace(hour=0)] += float(record.cost_usd)
+    totals: dict[datetime, float] = defaultdict(float)
+    for point in points:
+        totals[point.period] += point.cost_usd
+    assert totals == pytest.approx(dict(per_day))

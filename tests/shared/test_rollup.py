@@ -19,7 +19,14 @@ from shared.models import (
     usage_hourly_table,
 )
 from shared.records import write_records
-from shared.rollup import ROLLUPS, as_utc, error_code_of, latency_bucket, rebuild
+from shared.rollup import (
+    ROLLUPS,
+    as_utc,
+    error_code_of,
+    latency_bucket,
+    month_start_of,
+    rebuild,
+)
 from tests.shared.usage_records import call, fresh_owner, varied_records
 
 
@@ -46,7 +53,7 @@ def snapshot(engine: Engine, owner: int, start: datetime) -> dict[str, dict[tupl
             table, time_column = rollup.table, rollup.grain
             query = select(table).where(
                 table.c.tenant_id.in_([owner, 0]),
-                table.c[time_column] >= start - timedelta(days=1),
+                table.c[time_column] >= month_start_of(start - timedelta(days=1)),
                 table.c[time_column] < start + timedelta(days=5),
             )
             rows = {}
@@ -108,7 +115,12 @@ def test_rollup_equals_a_rebuild_after_writes_and_duplicate_replays(engine: Engi
     assert sum(row["requests"] for row in hourly) == len(records)
     assert sum(row["cache_hits"] for row in hourly) == sum(r.is_cached for r in records)
     assert sum(row["cost_usd"] for row in hourly) == sum(r.cost_usd for r in records)
-    for table in ("usage_daily", "usage_end_user_daily"):
+    for table in (
+        "usage_daily",
+        "usage_key_daily",
+        "usage_end_user_daily",
+        "usage_end_user_monthly",
+    ):
         assert sum(row["requests"] for row in incremental[table].values()) == len(records)
     daily = incremental["usage_daily"].values()
     assert sum(row["errors"] for row in daily) == sum(r.status >= 400 for r in records)

@@ -292,7 +292,9 @@ def test_postgresql_text_search_uses_the_gin_index(pg_url: str) -> None:
 
 def search_sql(engine: Engine, query: RecordQuery) -> str:
     """The search's SQL with its values inlined (for EXPLAIN)."""
-    statement = select(RequestRecord.id).where(*search._conditions(engine, query))
+    statement = select(RequestRecord.id).where(
+        search._text_condition(engine.dialect.name, query.text)
+    )
     return str(statement.compile(engine, compile_kwargs={"literal_binds": True}))
 
 
@@ -318,3 +320,35 @@ def test_migration_indexes_bodies_written_before_it_and_downgrades(
     finally:
         if database == "postgresql":
             drop_pg_database(url)
+
+
+@pytest.mark.parametrize("cap", [0, 2, search.TEXT_MATCH_CAP])
+def test_few_and_many_text_matches_give_the_same_pages(
+    records_engine: Engine, monkeypatch: pytest.MonkeyPatch, cap: int
+) -> None:
+    """Matches up to the cap are fetched by id; past it the newest records are walked."""
+    monkeypatch.setattr(search, "TEXT_MATCH_CAP", cap)
+    owner = fresh_owner(records_engine)
+    now = datetime.now(UTC)
+    word = f"walrus{owner.tenant_id}"
+    records = [
+        call_record(owner, at=now - timedelta(seconds=i), prompt=f"{word} number {i}")
+        for i in range(7)
+    ]
+    write_records(records_engine, [*records, call_record(owner, prompt="no such animal")])
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = search_records(
+            records_engine,
+            RecordQuery(text=word, tenant_id=owner.tenant_id),
+            page_size=3,
+            cursor=cursor,
+        )
+        seen += [record.id for record in page.records]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [record.id for record in records]
+    assert found(records_engine, owner, text=f"{word} -number") == set()
+    assert len(found(records_engine, owner, text="animal")) == 1

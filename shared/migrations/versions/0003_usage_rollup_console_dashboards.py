@@ -3,11 +3,11 @@
 Revision ID: 0003
 Revises: 0002
 
-Four rollup tables maintained by ``shared.rollup`` as records are written:
+Five rollup tables maintained by ``shared.rollup`` as records are written:
 ``usage_hourly`` (hour x tenant x user x key x model x provider x error code x
 refusal reason, with latency histograms), ``usage_daily`` (the same per day and
-tenant, without users and keys), ``usage_key_daily`` (per day and key, sums only)
-and ``usage_end_user_daily``.
+tenant, without users and keys), ``usage_key_daily`` (per day and key, sums only),
+``usage_end_user_daily`` and ``usage_end_user_monthly``.
 ``shared.db.upgrade`` fills them from the records already logged (with the
 live rollup code, against the head schema), so an upgraded deployment's
 dashboards show its history.
@@ -104,17 +104,9 @@ def upgrade() -> None:
         sa.Column("tenant_id", sa.Integer(), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=False),
         sa.Column("key_id", sa.Integer(), nullable=False),
-        sa.Column("model", sa.String(length=200), nullable=False),
-        sa.Column("provider", sa.String(length=32), nullable=False),
         *_sums(),
         sa.PrimaryKeyConstraint(
-            "day",
-            "tenant_id",
-            "user_id",
-            "key_id",
-            "model",
-            "provider",
-            name=op.f("pk_usage_key_daily"),
+            "day", "tenant_id", "user_id", "key_id", name=op.f("pk_usage_key_daily")
         ),
     )
     op.create_table(
@@ -138,9 +130,31 @@ def upgrade() -> None:
             name=op.f("pk_usage_end_user_daily"),
         ),
     )
+    op.create_index(
+        "ix_usage_end_user_daily_end_user_day", "usage_end_user_daily", ["end_user", "day"]
+    )
+    op.create_table(
+        "usage_end_user_monthly",
+        sa.Column("month", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("tenant_id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("key_id", sa.Integer(), nullable=False),
+        sa.Column("end_user", sa.String(length=200), nullable=False),
+        *_sums(),
+        sa.PrimaryKeyConstraint(
+            "month",
+            "tenant_id",
+            "user_id",
+            "key_id",
+            "end_user",
+            name=op.f("pk_usage_end_user_monthly"),
+        ),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("usage_end_user_monthly")
+    op.drop_index("ix_usage_end_user_daily_end_user_day", "usage_end_user_daily")
     op.drop_table("usage_end_user_daily")
     op.drop_table("usage_key_daily")
     op.drop_table("usage_daily")

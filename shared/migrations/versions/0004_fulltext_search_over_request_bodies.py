@@ -19,9 +19,13 @@ SQLite: ``request_bodies_fts``, an FTS5 table whose external content is the view
 rowids of ``request_bodies``; rebuild the index after one
 (``shared.search.rebuild_search_index``).
 
-The objects are not in ``shared.models``: ``shared.search.include_in_autogenerate``
-keeps them out of autogenerate comparisons. A later SQLite batch migration that
-recreates ``request_bodies`` drops the triggers with it: recreate them there.
+The full-text objects are not in ``shared.models``:
+``shared.search.include_in_autogenerate`` keeps them out of autogenerate comparisons.
+A later SQLite batch migration that recreates ``request_bodies`` drops the triggers
+with it: recreate them there.
+
+Also two indexes on ``request_records`` for the search filters by key and by end user
+(each with ``created_at``, for newest-first pages).
 """
 
 from __future__ import annotations
@@ -145,7 +149,16 @@ SQLITE_STATEMENTS = [
 ]
 
 
+# Searching by key or end user, newest first, without walking the whole log.
+RECORD_INDEXES = {
+    "ix_request_records_key_created": ["key_id", "created_at"],
+    "ix_request_records_end_user_created": ["end_user", "created_at"],
+}
+
+
 def upgrade() -> None:
+    for name, columns in RECORD_INDEXES.items():
+        op.create_index(name, "request_records", columns)
     dialect = op.get_bind().dialect.name
     if dialect == "postgresql":
         op.execute(PG_BODY_TSVECTOR)
@@ -167,6 +180,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    for name in RECORD_INDEXES:
+        op.drop_index(name, "request_records")
     dialect = op.get_bind().dialect.name
     if dialect == "postgresql":
         op.execute("DROP INDEX IF EXISTS ix_request_bodies_search_document")
