@@ -25,6 +25,7 @@ from proxy.recorder import RecordWriter
 from proxy.resilience import Resilience
 from proxy.response_owners import build_response_owners
 from proxy.routes import admin, anthropic, feedback, openai
+from proxy.tracing import build_tracing
 from shared.db import engine_for
 from shared.settings import Settings
 
@@ -54,6 +55,8 @@ class AppState:
         self.writer.close()
         for provider in self.providers.values():
             provider.close()
+        if self.pipeline.gateway.tracing is not None:
+            self.pipeline.gateway.tracing.close()
         if self.redis is not None:
             self.redis.close()
         self.engine.dispose()
@@ -105,6 +108,7 @@ def create_app(
         rate_limits=build_rate_limits(app, settings, redis_client),
         quotas=build_quotas(settings, engine, config, redis_client),
         owners=build_response_owners(engine, redis_client, settings.response_owner_ttl_seconds),
+        tracing=build_tracing(settings),  # per process: create_app runs in each worker
     )
     gateway.metrics = Metrics(writer, gateway.resilience.breakers, config.model)
     state = AppState(

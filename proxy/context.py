@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.cache import CacheTicket
 from proxy.config_cache import Principal
@@ -18,6 +18,9 @@ from shared.catalogue import ModelEntry
 from shared.pricing import Usage
 from shared.records import CallRecord
 from shared.redact import redact
+
+if TYPE_CHECKING:
+    from proxy.tracing import Trace
 
 
 @dataclass(slots=True)
@@ -58,6 +61,7 @@ class CallContext:
     reservation: Reservation | None = None  # the quota hold; settled at the end
     flag_reasons: list[str] = field(default_factory=list)
     output_valid: bool | None = None  # None: no JSON schema asked for, or nothing to check
+    trace: Trace | None = None  # None: tracing is off (proxy.tracing), the usual case
 
     @property
     def request_id(self) -> str:

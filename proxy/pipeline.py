@@ -26,6 +26,7 @@ import orjson
 from flask import Request, Response
 from redis import Redis
 
+from proxy import tracing
 from proxy.auth import authenticate
 from proxy.cache import CacheEntry, ResponseCache
 from proxy.charge import Charge, charge_for
@@ -59,6 +60,7 @@ from proxy.replay import replay_stream
 from proxy.resilience import Resilience, fallback_chain
 from proxy.response_owners import ResponseOwners
 from proxy.screen import moderator_of, screen
+from proxy.tracing import Tracing
 from proxy.translate import Bridge, Crossing, bridge_for
 from proxy.upstream import failure_for, forwarded_headers, invalid_answer, passed_response_headers
 from proxy.validate import parse_json_object, read_body, resolve_model
@@ -93,6 +95,7 @@ class Gateway:
     owners: ResponseOwners | None = None  # None: no stored answer is served to anyone
     metrics: Metrics | None = None  # None: calls are not counted (tests of other stages)
     read_deadlines: ReadDeadlines | None = None  # None: a body may take as long as it likes
+    tracing: Tracing | None = None  # None: no traces (the default)
 
 
 def begin(request: Request, dialect: str, endpoint: str, trust_forwarded_for: bool) -> CallContext:
@@ -150,17 +153,23 @@ class Pipeline:
         is_streaming = False
         try:
             request_headers = _lower_headers(request)
+            tracing.start(gw.tracing, ctx, request_headers)
             ctx.raw_body = read_body(request, gw.max_body_bytes, gw.read_deadlines)
+            tracing.mark(ctx, "auth")
             try:
                 ctx.principal = authenticate(gw.config, request_headers)
             except AuthenticationFailed:
                 if gw.rate_limits is not None:  # 429 instead, past the per-IP limit
                     gw.rate_limits.check_unauthenticated(ctx.client_ip)
                 raise
+            tracing.mark(ctx, "parse")
             body = parse_json_object(ctx.raw_body)
             ctx.facts = endpoint.read_request(body, request_headers)
+            tracing.mark(ctx, "resolve_model")
             ctx.model = resolve_model(gw.config, ctx.principal, ctx.facts.model, endpoint.provider)
+            tracing.mark(ctx, "rate_limit")
             self._limit_rate(ctx)
+            tracing.mark(ctx, "screen")
             if ctx.facts.previous_response_id is not None:
                 self.require_owner(ctx, ctx.facts.previous_response_id, "previous_response_id")
             ctx.flag_reasons += screen(
@@ -170,15 +179,19 @@ class Pipeline:
                 max_messages=gw.max_messages,
                 moderator=moderator_of(gw.providers),
             )
+            tracing.mark(ctx, "cache_lookup")
             hit = self._look_up(ctx, endpoint, body, request_headers)
             if hit is not None:
                 return self._serve_cached(ctx, endpoint, hit)
+            tracing.mark(ctx, "reserve_quota")
             self._reserve(ctx)  # after the cache lookup: a hit costs nothing against quotas
+            tracing.mark(ctx, "upstream")
             upstream_body = endpoint.upstream_body(body, ctx.facts, ctx.model.upstream_model)
             if ctx.principal.is_prompt_cache_marked:
                 upstream_body = mark_system_prompt(endpoint.name, upstream_body)
             provider = gw.providers[ctx.model.provider]
             headers = forwarded_headers(provider.name, request_headers)
+            tracing.propagate(ctx, headers)
             if ctx.facts.is_stream:
                 response = self._stream(ctx, endpoint, provider, upstream_body, headers)
                 is_streaming = True  # from here the stream settles, when it ends
@@ -195,6 +208,7 @@ class Pipeline:
 
     def refuse(self, ctx: CallContext, error: GatewayError) -> Response:
         """Answer with ``error`` in the caller's dialect, and record the call."""
+        tracing.fail(ctx, error)
         self._settle_cache(ctx, None)
         ctx.status = error.status
         ctx.error_code = error.code
@@ -210,15 +224,18 @@ class Pipeline:
 
     def record(self, ctx: CallContext) -> None:
         """The end of every path: settle usage against limits and quotas, then log the call."""
+        tracing.mark(ctx, "record")
         self._settle_usage(ctx)
         try:
             record = ctx.to_record()
             self.gateway.writer.submit(record)
         except Exception:  # building the record must never take the answer down
             log.exception("event=record_build_failed request_id=%s", ctx.id)
+            tracing.finish(ctx)
             return
         if self.gateway.metrics is not None:  # every call is counted here, from its record
             self.gateway.metrics.observe(record)
+        tracing.finish(ctx)
 
     # -- rate limits and quotas --------------------------------------------------------
 
@@ -333,7 +350,9 @@ class Pipeline:
         fetched = self._fetch(ctx, endpoint, provider, body, headers)
         ctx.usage = fetched.usage
         if ctx.facts.output_schema is not None:
+            tracing.mark(ctx, "output_check")
             fetched = self._conform(ctx, endpoint, provider, body, headers, fetched)
+        tracing.mark(ctx, "price")
         upstream, raw = fetched.upstream, fetched.raw
         self._note_answer_id(ctx, answer_id(fetched.answer), endpoint.keeps_answers)
         summary = endpoint.recorded_answer(fetched.answer)
@@ -341,6 +360,7 @@ class Pipeline:
             ctx.response_body = orjson.dumps(summary).decode()
         ctx.cost_usd = price_usage(ctx.usage, ctx.answered_model or ctx.model)
         ctx.cache_saved_usd = price_prompt_cache_savings(ctx.usage, ctx.answered_model or ctx.model)
+        tracing.mark(ctx, "answer")
         ctx.first_token_at = time.perf_counter()
         response = Response(raw, status=upstream.status, mimetype="application/json")
         response.headers.update(passed_response_headers(upstream.headers))
@@ -446,6 +466,7 @@ class Pipeline:
         if bridge is not None:
             return self._stream_translated(ctx, endpoint, bridge, upstream)
         reader = endpoint.stream_reader(ctx.facts)
+        tracing.mark(ctx, "stream")
         events = self._relay(ctx, upstream, reader, endpoint.keeps_answers)
         response = Response(events, status=200, mimetype="text/event-stream")
         response.headers.update(passed_response_headers(upstream.headers))
@@ -563,6 +584,7 @@ class Pipeline:
 
     def _settle_stream(self, ctx: CallContext, reader: StreamReader) -> None:
         assert ctx.model is not None and ctx.facts is not None
+        tracing.mark(ctx, "price")
         assembled: JsonObject | None = None
         ctx.response_id = ctx.response_id or reader.upstream_id
         try:
@@ -605,6 +627,7 @@ class Pipeline:
 
     def _serve_cached(self, ctx: CallContext, endpoint: Endpoint, entry: CacheEntry) -> Response:
         """Answer from the cache: no upstream call, no cost; the record keeps what it saved."""
+        tracing.mark(ctx, "answer")
         assert ctx.facts is not None
         ctx.is_cached = True
         ctx.usage, ctx.cost_usd, ctx.cache_saved_usd = entry.usage, Decimal(0), entry.cost_usd
