@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -629,6 +630,56 @@ def usage_rebuild(month: str | None) -> None:
     )
 
 
+# -- alerts and retention (the background job) -----------------------------------------
+
+
+@main.group()
+def alerts() -> None:
+    """Budget and spend-spike alerts to webhooks (METERGATE_ALERT_WEBHOOK_URLS)."""
+
+
+@alerts.command("run")
+@click.option("--once", is_flag=True, help="One pass, then exit (for cron).")
+def alerts_run(once: bool) -> None:
+    """Run the background job: alerts every METERGATE_ALERT_INTERVAL_SECONDS, and every
+    hour the partitions ahead and retention. Safe to run on several hosts at once."""
+    import signal
+
+    import httpx
+
+    from shared.background import BackgroundJob
+
+    settings = Settings()
+    engine = engine_for(settings)
+    job = BackgroundJob(engine, settings)
+    try:
+        if once:
+            with httpx.Client() as client:
+                run = job.run_once(client)
+            click.echo(
+                f"{run.alerts} alerts in force, {run.claimed} new, "
+                f"{len(run.report.delivered)} delivered, {len(run.report.failed)} failed",
+                err=True,
+            )
+            return
+        signal.signal(signal.SIGTERM, lambda *_: job.stop())
+        try:
+            job.run_forever()
+        except KeyboardInterrupt:
+            job.stop()
+    finally:
+        engine.dispose()
+
+
+def _background_job_wanted(settings: Settings) -> bool:
+    return bool(
+        settings.alert_webhook_urls
+        or settings.retention_bodies_days
+        or settings.retention_records_days
+        or settings.effective_database_url.startswith("postgresql")
+    )
+
+
 # -- servers ----------------------------------------------------------------------------
 
 
@@ -664,7 +715,20 @@ def serve_proxy(host: str, port: int, workers: int, worker_class: str, threads: 
         )
         workers = 1
     upgrade(settings.effective_database_url)
-    run_gunicorn(host=host, port=port, workers=workers, worker_class=worker_class, threads=threads)
+    # One background job per host beside the workers (alerts, partitions, retention).
+    background = (
+        subprocess.Popen([sys.executable, "-m", "proxy.cli", "alerts", "run"])
+        if _background_job_wanted(settings)
+        else None
+    )
+    try:
+        run_gunicorn(
+            host=host, port=port, workers=workers, worker_class=worker_class, threads=threads
+        )
+    finally:
+        if background is not None:
+            background.terminate()
+            background.wait(30)
 
 
 @serve.command("console")

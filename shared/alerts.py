@@ -44,6 +44,7 @@ from shared.rollup import as_utc, hour_of
 from shared.usage import month_of, month_start, next_month_start
 
 CENT = Decimal("0.01")
+QUANTUM = Decimal("0.00000001")  # the ledger's precision (SQLite sums NUMERIC as floats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +173,7 @@ def _month_spend(engine: Engine, month: str) -> dict[tuple[str, int | None], Dec
     spent: dict[tuple[str, int | None], Decimal] = defaultdict(Decimal)
     with engine.connect() as connection:
         for tenant_id, user_id, key_id, usd in connection.execute(query):
-            amount = Decimal(str(usd or 0))
+            amount = Decimal(str(usd or 0)).quantize(QUANTUM)
             spent[("global", None)] += amount
             for scope, owner in (("tenant", tenant_id), ("user", user_id), ("key", key_id)):
                 if owner:  # 0: no owner (an unauthenticated call)
@@ -190,7 +191,9 @@ def _limits(engine: Engine) -> list[_Limit]:
         tenants = select(Tenant.id, Tenant.name, Tenant.monthly_usd).where(
             Tenant.monthly_usd.is_not(None)
         )
-        limits += [_Limit("tenant", i, name, usd) for i, name, usd in session.execute(tenants)]
+        limits += [
+            _Limit("tenant", i, name, usd) for i, name, usd in session.execute(tenants) if usd
+        ]
         user_usd = func.coalesce(User.monthly_usd, Tier.monthly_usd)
         users = (
             select(User.id, User.email, user_usd)
@@ -206,6 +209,7 @@ def _limits(engine: Engine) -> list[_Limit]:
         limits += [
             _Limit("key", i, f"{prefix}… {name}".strip(), usd)
             for i, prefix, name, usd in session.execute(keys)
+            if usd
         ]
     return limits
 
@@ -227,12 +231,12 @@ def spike_alerts(engine: Engine, now: datetime, rule: SpikeRule) -> list[Alert]:
     )
     with engine.connect() as connection:
         for row_hour, tenant_id, usd in connection.execute(query):
-            amount = Decimal(str(usd or 0))
+            amount = Decimal(str(usd or 0)).quantize(QUANTUM)
             target = current if as_utc(row_hour) == hour else before
             target[None] += amount
             if tenant_id:
                 target[int(tenant_id)] += amount
-        names = dict(connection.execute(select(Tenant.id, Tenant.name)).tuples().all())
+        names = {int(i): str(n) for i, n in connection.execute(select(Tenant.id, Tenant.name))}
     hours = Decimal(rule.baseline_days * 24)
     period = hour.strftime("%Y-%m-%dT%H")
     alerts = []
@@ -251,7 +255,7 @@ def spike_alerts(engine: Engine, now: datetime, rule: SpikeRule) -> list[Alert]:
                 scope_name="deployment" if tenant_id is None else names.get(tenant_id, "?"),
                 period=period,
                 spent_usd=spent,
-                baseline_usd=baseline.quantize(Decimal("0.00000001")),
+                baseline_usd=baseline.quantize(QUANTUM),
             )
         )
     return alerts

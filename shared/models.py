@@ -314,6 +314,8 @@ class AlertDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Not before this time: the backed-off retry, or the lease of the evaluator sending it.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 # -- usage rollups (console dashboards; maintained by shared.rollup) --------------------

@@ -290,6 +290,7 @@ class Settings(BaseSettings):
         if bodies is not None and records is not None and bodies > records:
             raise ValueError("bodies cannot be kept longer than their records")
         return self
+
     otel_endpoint: str = Field(
         "",
         validation_alias=AliasChoices("METERGATE_OTEL_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
