@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install migrate demo test lint typecheck pytest services browser compose-cli simulator proxy console bench clean
+.PHONY: install migrate demo test lint typecheck pytest services browser compose-cli wrk simulator proxy console bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ browser:
 compose-cli:
 	@command -v docker-compose >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose; }
+
+# The benchmark's load generator is Debian's wrk.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+
+# Gateway overhead against a bare floor and the simulator (tests/benchmarks/perf.py);
+# BENCH_ARGS=--litellm adds LiteLLM, --realistic the 500-client scenario, --quick one short round.
+bench: install services wrk
+	$(BIN)/python -m tests.benchmarks.perf $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

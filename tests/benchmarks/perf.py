@@ -1,0 +1,749 @@
+"""Gateway overhead: metergate with everything on, against a bare floor and the upstream.
+
+    .venv/bin/python -m tests.benchmarks.perf [--quick] [--litellm] [--repeat N]
+                                              [--realistic] [--seconds S]
+    make bench
+
+Brings up, each as its own processes:
+
+- the simulator (``metergate simulator``, no latency), measured directly ("direct");
+- a bare floor (``tests/benchmarks/floor_app.py``: Flask forwarding with a pooled httpx
+  client) under gunicorn, with the proxy's worker settings ("floor");
+- metergate in its production shape ("metergate"): ``metergate serve proxy --workers 2``
+  (gunicorn) on a fresh PostgreSQL database of its own (created, migrated, dropped) and a
+  Redis database of its own (``REDIS_DB``, emptied before and after), with a key whose
+  tier has every feature on: auth, requests- and tokens-per-minute limits, monthly
+  token and USD quotas reserved per call, a tenant cap and a global cap, the response
+  cache, screening (the default rules), and every call recorded in SQL;
+- with ``--litellm``: LiteLLM's proxy (``.bench/litellm-venv``, made on first use with
+  ``pip install 'litellm[proxy]'``), two workers, no database, against the same simulator.
+
+Load comes from wrk (Debian's ``wrk``) with ``tests/benchmarks/chat.lua``, which checks
+every answer's status and body and counts the bad ones. For each target and concurrency
+(1, 8, 64) it reports requests/s, p50 / p90 / p99 latency, added latency over direct,
+server CPU ms per request (utime + stime of the server's processes from /proc, delta
+over the run, divided by the requests answered) and RSS per worker; then cache hits
+(the same question again), streaming (CPU per streamed chunk; time to first token from
+a sequential Python client) for each target. Every point runs ``--repeat`` times (3):
+the median is printed, with the spread (min-max) in brackets.
+
+``--realistic``: the simulator answers in about 1 s, streaming its tokens over that
+second; 500 concurrent clients stream through metergate for ``--realistic-seconds``,
+once with gunicorn's gthread workers (256 threads each) and once with gevent workers;
+it reports sustained throughput against the ideal 500/s, added latency percentiles, and
+RSS per worker at the start and the end.
+
+Results are also written to ``.bench/perf-<time>.json``. Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from shared import accounts
+from shared.accounts import Limits
+from shared.db import make_engine, transaction, upgrade
+from tests.support import create_pg_database, drop_pg_database
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+BENCH_DIR = REPO / ".bench"
+LITELLM_VENV = BENCH_DIR / "litellm-venv"
+LUA = Path(__file__).with_name("chat.lua")
+REDIS_DB = 15  # the tests use 9-14
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+MODEL = "gpt-4o-mini"
+CONCURRENCIES = (1, 8, 64)
+WORKERS = 2
+THREADS = 32  # gthread threads per worker, as ``metergate serve proxy`` defaults
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TTFT_CALLS = 60
+REALISTIC_CLIENTS = 500
+REALISTIC_THREADS = 256
+
+
+# -- processes --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            children.setdefault(int(ppid), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Server:
+    """One target: its process tree, where to send calls, the key to send."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    base_url: str
+    key: str = "-"
+    health_path: str = "/healthz"
+
+    def pids(self) -> list[int]:
+        return descendants(self.process.pid)
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve (gunicorn's and uvicorn's workers; else the process)."""
+        pids = self.pids()
+        return pids[1:] if len(pids) > 1 else pids
+
+    def rss_per_worker(self) -> float:
+        return max(rss_mib(pid) for pid in self.worker_pids())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                for pid in reversed(self.pids()):
+                    os.kill(pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+def start(
+    name: str,
+    command: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    port: int,
+    *,
+    health_path: str = "/healthz",
+    ready: Callable[[Server], bool] | None = None,
+    timeout: float = 180.0,
+) -> Server:
+    log = (log_dir / f"{name}.log").open("ab")
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(name, process, f"http://127.0.0.1:{port}", health_path=health_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            tail = (log_dir / f"{name}.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{name} exited early:\n{tail}")
+        try:
+            answered = httpx.get(server.base_url + health_path, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            answered = False
+        if answered and (ready is None or ready(server)):
+            return server
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"{name} did not come up within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def base_env(**values: str) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("METERGATE_", "OPENAI_", "ANTHROPIC_", "LITELLM_"))
+    }
+    env.update(values)
+    return env
+
+
+def has_workers(count: int) -> Callable[[Server], bool]:
+    return lambda server: len(server.pids()) >= count + 1
+
+
+# ``metergate simulator``, with the rate limits it reports (in x-ratelimit-* headers, never
+# enforced) raised: at thousands of calls a second its default 10,000 a minute would make
+# the gateway hold calls for the provider's window to reset, as it should before a real one.
+SIMULATOR = (
+    "import sys; from proxy.simulator import SimulatorConfig, run; "
+    "run('127.0.0.1', int(sys.argv[1]), "
+    "SimulatorConfig(requests_per_minute=10**9, tokens_per_minute=10**12))"
+)
+
+
+def start_simulator(log_dir: Path) -> Server:
+    port = free_port()
+    command = [sys.executable, "-c", SIMULATOR, str(port)]
+    return start("direct", command, base_env(), log_dir, port, health_path="/_sim/health")
+
+
+def start_floor(log_dir: Path, upstream: str, worker_class: str, threads: int) -> Server:
+    port = free_port()
+    command = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)]
+    command += ["--worker-class", worker_class, "--threads", str(threads), "--keep-alive", "5"]
+    if worker_class == "gevent":
+        command += ["--worker-connections", "2000"]
+    command += ["tests.benchmarks.floor_app:create_app()"]
+    env = base_env(FLOOR_UPSTREAM=upstream)
+    return start("floor", command, env, log_dir, port, ready=has_workers(WORKERS))
+
+
+@dataclass
+class Deployment:
+    """metergate's database, Redis and key: made once, used by every proxy started."""
+
+    db_url: str
+    data_dir: Path
+    key: str = ""
+
+    def env(self, upstream: str) -> dict[str, str]:
+        return base_env(
+            METERGATE_DATABASE_URL=self.db_url,
+            METERGATE_REDIS_URL=REDIS_URL,
+            METERGATE_DATA_DIR=str(self.data_dir),
+            OPENAI_API_KEY="sk-bench-openai-0123456789abcdef",
+            OPENAI_BASE_URL=upstream + "/v1",
+            ANTHROPIC_API_KEY="sk-ant-bench-0123456789abcdef",
+            ANTHROPIC_BASE_URL=upstream,
+        )
+
+
+@contextmanager
+def deployment(tmp: Path) -> Iterator[Deployment]:
+    db_url = create_pg_database()
+    store = redis.Redis.from_url(REDIS_URL)
+    store.flushdb()
+    try:
+        upgrade(db_url)
+        engine = make_engine(db_url)
+        with transaction(engine) as session:
+            accounts.create_tenant(session, "bench", monthly_usd=Decimal(1_000_000))
+            accounts.set_global_monthly_usd(session, Decimal(10_000_000))
+            accounts.create_tier(
+                session,
+                "bench",
+                Limits(
+                    rpm=10_000_000,
+                    tpm=2_000_000_000,
+                    monthly_tokens=100_000_000_000,
+                    monthly_usd=Decimal(1_000_000),
+                    cache_ttl_seconds=3600,
+                ),
+            )
+            accounts.create_user(session, "bench@example.com", "bench", "bench")
+            _, key = accounts.create_key(session, "bench@example.com", name="bench")
+        engine.dispose()
+        yield Deployment(db_url, tmp / "metergate-data", key)
+    finally:
+        store.flushdb()
+        store.close()
+        drop_pg_database(db_url)
+
+
+def start_metergate(
+    log_dir: Path, dep: Deployment, upstream: str, worker_class: str, threads: int
+) -> Server:
+    port = free_port()
+    command = [str(BIN / "metergate"), "serve", "proxy", "--port", str(port)]
+    command += ["--workers", str(WORKERS), "--worker-class", worker_class]
+    command += ["--threads", str(threads)]
+    server = start(
+        "metergate", command, dep.env(upstream), log_dir, port, ready=has_workers(WORKERS)
+    )
+    server.key = dep.key
+    return server
+
+
+def ensure_litellm() -> Path:
+    binary = LITELLM_VENV / "bin" / "litellm"
+    if not binary.exists():
+        print("installing litellm[proxy] into .bench/litellm-venv ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        pip = [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", "litellm[proxy]"]
+        subprocess.run(pip, check=True)
+    return binary
+
+
+def litellm_version() -> str:
+    python = LITELLM_VENV / "bin" / "python"
+    out = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip() or "?"
+
+
+def start_litellm(log_dir: Path, upstream: str) -> Server:
+    binary = ensure_litellm()
+    config = log_dir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: {upstream}/v1\n"
+        "      api_key: sk-bench-openai-0123456789abcdef\n"
+    )
+    port = free_port()
+    command = [str(binary), "--config", str(config), "--port", str(port)]
+    command += ["--num_workers", str(WORKERS)]
+    env = base_env(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
+    return start(
+        "litellm",
+        command,
+        env,
+        log_dir,
+        port,
+        health_path="/health/liveliness",
+        ready=has_workers(WORKERS),
+        timeout=300,
+    )
+
+
+# -- load ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One wrk run against one server."""
+
+    requests: int
+    seconds: float
+    good: int
+    bad: int
+    errors: int
+    chunks: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    cpu_ms_per_request: float
+    cpu_seconds: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def wrk(
+    server: Server,
+    concurrency: int,
+    seconds: float,
+    *,
+    mode: str = "unique",
+    stream: bool = False,
+    timeout_seconds: int = 10,
+) -> Run:
+    threads = min(concurrency, 2)
+    command = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds:g}s"]
+    command += ["--timeout", f"{timeout_seconds}s", "-s", str(LUA)]
+    command += [server.base_url + "/v1/chat/completions", "--", mode, "1" if stream else "0"]
+    command += [server.key, MODEL, uuid.uuid4().hex[:12]]
+    pids = server.pids()
+    before = cpu_seconds(pids)
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    used = cpu_seconds(pids) - before
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+    data = json.loads(line[len("RESULT ") :])
+    errors = sum(data[name] for name in ("connect", "read", "write", "status", "timeout"))
+    requests = int(data["requests"])
+    return Run(
+        requests=requests,
+        seconds=data["duration_us"] / 1e6,
+        good=int(data["good"]),
+        bad=int(data["bad"]),
+        errors=errors,
+        chunks=int(data["chunks"]),
+        p50_ms=data["p50_us"] / 1000,
+        p90_ms=data["p90_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        cpu_ms_per_request=used * 1000 / requests if requests else float("nan"),
+        cpu_seconds=used,
+    )
+
+
+def time_to_first_token(server: Server, calls: int) -> list[float]:
+    """Seconds to the first content chunk of ``calls`` sequential streamed calls."""
+    headers = {"Authorization": f"Bearer {server.key}"} if server.key != "-" else {}
+    found: list[float] = []
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        for n in range(calls + 5):
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": f"ttft {uuid.uuid4().hex} {n}"}],
+                "stream": True,
+            }
+            started = time.perf_counter()
+            first: float | None = None
+            with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+                r.raise_for_status()
+                for line in r.iter_lines():
+                    if first is None and line.startswith("data: {") and '"content"' in line:
+                        first = time.perf_counter() - started
+                if first is None:
+                    raise RuntimeError(f"{server.name}: a stream without content")
+            if n >= 5:  # the first few warm connections and caches up
+                found.append(first)
+    return found
+
+
+# -- measuring and reporting ---------------------------------------------------------------
+
+
+@dataclass
+class Point:
+    """Repeated runs of one scenario on one server."""
+
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self, value: Callable[[Run], float]) -> float:
+        return statistics.median(value(run) for run in self.runs)
+
+    def spread(self, value: Callable[[Run], float]) -> tuple[float, float]:
+        values = [value(run) for run in self.runs]
+        return min(values), max(values)
+
+    def bad(self) -> int:
+        return sum(run.bad + run.errors for run in self.runs)
+
+
+def fmt(point: Point, value: Callable[[Run], float], digits: int = 2) -> str:
+    low, high = point.spread(value)
+    text = f"{point.median(value):.{digits}f}"
+    if len(point.runs) > 1:
+        text += f" [{low:.{digits}f}-{high:.{digits}f}]"
+    return text
+
+
+class Results:
+    def __init__(self) -> None:
+        self.points: dict[tuple[str, str, int], Point] = {}
+        self.extra: dict[str, Any] = {}
+
+    def add(self, server: str, scenario: str, concurrency: int, run: Run) -> None:
+        self.points.setdefault((server, scenario, concurrency), Point()).runs.append(run)
+
+    def get(self, server: str, scenario: str, concurrency: int) -> Point | None:
+        return self.points.get((server, scenario, concurrency))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "points": [
+                {"server": s, "scenario": sc, "concurrency": c, "runs": [vars(r) for r in p.runs]}
+                for (s, sc, c), p in self.points.items()
+            ],
+            **self.extra,
+        }
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def measure(
+    servers: list[Server], results: Results, seconds: float, repeat: int, rss: dict[str, float]
+) -> None:
+    names = [server.name for server in servers]
+    print(f"warming up {', '.join(names)} ...", flush=True)
+    for server in servers:
+        for stream in (False, True):
+            run = wrk(server, 8, min(seconds, 3), stream=stream)
+            if run.bad or run.errors or not run.good:
+                raise RuntimeError(f"{server.name}: {run.bad} bad answers in the warm-up")
+    for round_number in range(repeat):
+        print(f"round {round_number + 1}/{repeat}  (load average {load_average()})", flush=True)
+        for concurrency in CONCURRENCIES:
+            for server in servers:
+                results.add(server.name, "chat", concurrency, wrk(server, concurrency, seconds))
+        for server in servers:
+            results.add(server.name, "stream", 8, wrk(server, 8, seconds, stream=True))
+        metergate = next((s for s in servers if s.name == "metergate"), None)
+        if metergate is not None:
+            for concurrency in (1, 8):
+                run = wrk(metergate, concurrency, seconds, mode="same")
+                results.add("metergate", "cache hit", concurrency, run)
+    for server in servers:
+        rss[server.name] = server.rss_per_worker()
+    print("time to first token ...", flush=True)
+    for server in servers:
+        results.extra.setdefault("ttft_ms", {})[server.name] = [
+            t * 1000 for t in time_to_first_token(server, TTFT_CALLS)
+        ]
+
+
+def report(results: Results, names: list[str], rss: dict[str, float]) -> None:
+    print()
+    print("Non-streamed chat completions (median [min-max] over the rounds)")
+    header = f"{'target':<10} {'c':>3} {'req/s':>22} {'p50 ms':>20} {'p90 ms':>20}"
+    header += f" {'p99 ms':>20} {'added p50':>9} {'added p99':>9} {'CPU ms/req':>20} {'bad':>4}"
+    print(header)
+    for concurrency in CONCURRENCIES:
+        direct = results.get("direct", "chat", concurrency)
+        for name in names:
+            point = results.get(name, "chat", concurrency)
+            if point is None:
+                continue
+            added50 = added99 = "-"
+            if direct is not None and name != "direct":
+                added50 = (
+                    f"{point.median(lambda r: r.p50_ms) - direct.median(lambda r: r.p50_ms):.2f}"
+                )
+                added99 = (
+                    f"{point.median(lambda r: r.p99_ms) - direct.median(lambda r: r.p99_ms):.2f}"
+                )
+            print(
+                f"{name:<10} {concurrency:>3} {fmt(point, lambda r: r.rps, 0):>22}"
+                f" {fmt(point, lambda r: r.p50_ms):>20} {fmt(point, lambda r: r.p90_ms):>20}"
+                f" {fmt(point, lambda r: r.p99_ms):>20} {added50:>9} {added99:>9}"
+                f" {fmt(point, lambda r: r.cpu_ms_per_request):>20} {point.bad():>4}"
+            )
+    print()
+    print("RSS per worker (MiB, after the runs): " + ", ".join(f"{n} {rss[n]:.0f}" for n in names))
+    print()
+    print("Cache hits (metergate, the same question; CPU vs the misses above)")
+    for concurrency in (1, 8):
+        hit = results.get("metergate", "cache hit", concurrency)
+        miss = results.get("metergate", "chat", concurrency)
+        direct = results.get("direct", "chat", concurrency)
+        if hit is None or miss is None or direct is None:
+            continue
+        added = hit.median(lambda r: r.p50_ms) - direct.median(lambda r: r.p50_ms)
+        print(
+            f"  c={concurrency}: {fmt(hit, lambda r: r.rps, 0)} req/s,"
+            f" p50 {fmt(hit, lambda r: r.p50_ms)}"
+            f" ms (vs direct {added:+.2f}), p99 {fmt(hit, lambda r: r.p99_ms)} ms,"
+            f" CPU {fmt(hit, lambda r: r.cpu_ms_per_request)} ms/req"
+            f" (miss {fmt(miss, lambda r: r.cpu_ms_per_request)}), bad {hit.bad()}"
+        )
+    print()
+    print("Streaming (c=8; CPU per chunk = (CPU per streamed call - CPU per whole call) / chunks)")
+    ttft = results.extra.get("ttft_ms", {})
+    direct_ttft = statistics.median(ttft["direct"]) if "direct" in ttft else None
+    for name in names:
+        point = results.get(name, "stream", 8)
+        whole = results.get(name, "chat", 8)
+        if point is None or whole is None:
+            continue
+
+        def per_chunk(run: Run, whole: Point = whole) -> float:
+            chunks_per_call = run.chunks / max(run.good, 1)
+            extra = run.cpu_ms_per_request - whole.median(lambda r: r.cpu_ms_per_request)
+            return extra * 1000 / chunks_per_call
+
+        chunks = point.median(lambda r: r.chunks / max(r.good, 1))
+        line = (
+            f"  {name:<10} {fmt(point, lambda r: r.rps, 0)} streams/s, {chunks:.0f} chunks each,"
+            f" CPU {fmt(point, lambda r: r.cpu_ms_per_request)} ms/stream,"
+            f" {fmt(point, per_chunk, 1)} us/chunk, bad {point.bad()}"
+        )
+        if name in ttft:
+            values = sorted(ttft[name])
+            p50 = statistics.median(values)
+            p90 = values[int(len(values) * 0.9)]
+            line += f"; TTFT p50 {p50:.2f} ms p90 {p90:.2f} ms"
+            if direct_ttft is not None and name != "direct":
+                line += f" (overhead p50 {p50 - direct_ttft:+.2f} ms)"
+        print(line)
+    floor = results.get("floor", "chat", 64)
+    mine = results.get("metergate", "chat", 64)
+    floor1 = results.get("floor", "chat", 1)
+    mine1 = results.get("metergate", "chat", 1)
+    if floor and mine and floor1 and mine1:
+        print()
+        print("Targets (ratios to the floor measured in this run)")
+        cpu_ratio = mine.median(lambda r: r.cpu_ms_per_request) / floor.median(
+            lambda r: r.cpu_ms_per_request
+        )
+        print(f"  CPU per request at c=64: {cpu_ratio:.2f} x the floor's (target <= 1.5)")
+        cpu_ratio1 = mine1.median(lambda r: r.cpu_ms_per_request) / floor1.median(
+            lambda r: r.cpu_ms_per_request
+        )
+        print(f"  CPU per request at c=1: {cpu_ratio1:.2f} x the floor's (target <= 1.5)")
+        rps_ratio = mine.median(lambda r: r.rps) / floor.median(lambda r: r.rps)
+        print(f"  throughput at c=64: {rps_ratio:.0%} of the floor's (target >= 65%)")
+
+
+# -- realistic load -------------------------------------------------------------------------
+
+
+def realistic(log_dir: Path, dep: Deployment, seconds: float, results: Results) -> None:
+    """500 clients, each streaming an answer that takes about 1 s, through metergate."""
+    sim = start_simulator(log_dir)
+    stack = ExitStack()
+    stack.callback(sim.stop)
+    with stack:
+        # The benchmark's questions get 8-60 tokens: spread them over about a second.
+        httpx.post(sim.base_url + "/_sim/config", json={"token_delay_ms": 28.0}).raise_for_status()
+        probe = wrk(sim, 1, 3, stream=True)
+        print(f"direct: one stream takes {probe.p50_ms:.0f} ms p50 ({probe.p99_ms:.0f} p99)")
+        shapes: list[tuple[str, Callable[[], Server]]] = [
+            (
+                "gthread x256",
+                lambda: start_metergate(log_dir, dep, sim.base_url, "gthread", REALISTIC_THREADS),
+            ),
+            ("gevent", lambda: start_metergate(log_dir, dep, sim.base_url, "gevent", 1)),
+        ]
+        direct = wrk(sim, REALISTIC_CLIENTS, seconds, stream=True, timeout_seconds=30)
+        results.add("direct", "realistic", REALISTIC_CLIENTS, direct)
+        print(_realistic_line("direct", direct, None, None, None))
+        for label, starter in shapes:
+            server = starter()
+            try:
+                wrk(server, 50, 3, stream=True, timeout_seconds=30)  # warm-up
+                rss_start = server.rss_per_worker()
+                run = wrk(server, REALISTIC_CLIENTS, seconds, stream=True, timeout_seconds=30)
+                rss_end = server.rss_per_worker()
+            finally:
+                server.stop()
+            results.add(f"metergate {label}", "realistic", REALISTIC_CLIENTS, run)
+            results.extra.setdefault("realistic_rss", {})[label] = [rss_start, rss_end]
+            print(_realistic_line(f"metergate {label}", run, direct, rss_start, rss_end))
+
+
+def _realistic_line(
+    name: str, run: Run, direct: Run | None, rss_start: float | None, rss_end: float | None
+) -> str:
+    line = (
+        f"  {name:<22} {run.rps:6.0f} req/s ({run.rps / REALISTIC_CLIENTS:.0%} of ideal),"
+        f" p50 {run.p50_ms:.0f} p90 {run.p90_ms:.0f} p99 {run.p99_ms:.0f} ms"
+    )
+    if direct is not None:
+        line += (
+            f", added p50 {run.p50_ms - direct.p50_ms:+.1f} p90 {run.p90_ms - direct.p90_ms:+.1f}"
+            f" p99 {run.p99_ms - direct.p99_ms:+.1f} ms"
+        )
+    if rss_start is not None and rss_end is not None:
+        line += f", RSS/worker {rss_start:.0f} -> {rss_end:.0f} MiB"
+    line += f", CPU {run.cpu_ms_per_request:.2f} ms/stream, bad {run.bad + run.errors}"
+    return line
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="one round of 3 s runs")
+    parser.add_argument("--litellm", action="store_true", help="measure LiteLLM too")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per point (3)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="seconds per run (8)")
+    parser.add_argument("--realistic", action="store_true", help="the 500-client scenario")
+    parser.add_argument("--realistic-seconds", type=float, default=30.0)
+    parser.add_argument("--skip-main", action="store_true", help="only --realistic")
+    parser.add_argument("--worker-class", default="gthread", choices=["gthread", "gevent"])
+    args = parser.parse_args(argv)
+    repeat, seconds = (1, 3.0) if args.quick else (args.repeat, args.seconds)
+    if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
+        print("wrk is missing: apt-get install -y wrk (or make bench)", file=sys.stderr)
+        return 2
+    BENCH_DIR.mkdir(exist_ok=True)
+    results = Results()
+    results.extra.update(
+        {
+            "command": " ".join(sys.argv),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cpus": os.cpu_count(),
+            "cpu_model": _cpu_model(),
+            "load_average_start": load_average(),
+        }
+    )
+    print(f"{_cpu_model()}, {os.cpu_count()} CPUs; load average {load_average()}")
+    log_dir = BENCH_DIR / f"logs-{time.strftime('%Y%m%dT%H%M%S')}"
+    log_dir.mkdir(parents=True)
+    print(f"server logs: {log_dir.relative_to(REPO)}")
+    with ExitStack() as stack:
+        dep = stack.enter_context(deployment(log_dir))
+        if not args.skip_main:
+            threads = THREADS if args.worker_class == "gthread" else 1
+            sim = start_simulator(log_dir)
+            stack.callback(sim.stop)
+            servers = [sim]
+            floor = start_floor(log_dir, sim.base_url, args.worker_class, threads)
+            stack.callback(floor.stop)
+            servers.append(floor)
+            mg = start_metergate(log_dir, dep, sim.base_url, args.worker_class, threads)
+            stack.callback(mg.stop)
+            servers.append(mg)
+            if args.litellm:
+                peer = start_litellm(log_dir, sim.base_url)
+                stack.callback(peer.stop)
+                servers.append(peer)
+                results.extra["litellm_version"] = litellm_version()
+                print(f"LiteLLM {results.extra['litellm_version']}")
+            rss: dict[str, float] = {}
+            measure(servers, results, seconds, repeat, rss)
+            results.extra["rss_per_worker_mib"] = rss
+            names = [server.name for server in servers]
+            report(results, names, rss)
+            for server in (mg, floor):
+                server.stop()
+        if args.realistic:
+            print()
+            print(
+                f"Realistic load: {REALISTIC_CLIENTS} clients streaming ~1 s answers,"
+                f" {args.realistic_seconds:g} s (load average {load_average()})"
+            )
+            realistic(log_dir, dep, args.realistic_seconds, results)
+    results.extra["load_average_end"] = load_average()
+    print(f"\nload average at the end: {load_average()}")
+    out = BENCH_DIR / f"perf-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(json.dumps(results.to_json(), indent=1))
+    print(f"results: {out.relative_to(REPO)}")
+    return 0
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
