@@ -53,8 +53,10 @@ def stacked_bars(
     y_title: str,
     legend: str = "",
     color: str = "group",
+    bucket: str = "hour",
 ) -> go.Figure:
-    """Bars per ``period``, stacked by ``color`` (the largest group at the bottom)."""
+    """Bars per ``period``, stacked by ``color`` (the largest group at the bottom), each
+    one ``bucket`` ("hour" or "day") wide, so a lone bar is not drawn as a sliver."""
     if frame.empty:
         return _empty(title)
     order = frame.groupby(color)[value].sum().sort_values(ascending=False).index.tolist()
@@ -67,7 +69,11 @@ def stacked_bars(
         category_orders={color: order},
         labels={color: legend or color, value: y_title, "period": "time (UTC)"},
     )
+    width = pd.Timedelta(hours=24 if bucket == "day" else 1)
+    periods = pd.to_datetime(frame["period"])
+    figure.update_traces(width=width.total_seconds() * 1000 * 0.9)
     figure.update_layout(barmode="stack")
+    figure.update_xaxes(range=[periods.min() - width, periods.max() + width])
     return _finish(figure, y_title, legend=legend)
 
 

@@ -58,6 +58,7 @@ with left:
             y_title="USD",
             legend="source",
             color="source",
+            bucket=filters.granularity,
         ),
         key="cache-saved-usd",
     )
@@ -70,6 +71,7 @@ with right:
             y_title="tokens",
             legend="source",
             color="source",
+            bucket=filters.granularity,
         ),
         key="cache-saved-tokens",
     )

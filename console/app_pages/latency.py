@@ -53,7 +53,12 @@ with refusals_column:
     refused = dashboards.refusals(filters)
     st.plotly_chart(
         charts.stacked_bars(
-            refused, value="count", title="Refusals by reason", y_title="calls", legend="reason"
+            refused,
+            value="count",
+            title="Refusals by reason",
+            y_title="calls",
+            legend="reason",
+            bucket=filters.granularity,
         ),
         key="latency-refusals",
     )

@@ -60,6 +60,7 @@ with right:
             title=f"{measure} by {STACK_LABELS[by]}",
             y_title="USD" if value == "cost_usd" else "tokens",
             legend=STACK_LABELS[by],
+            bucket="day" if by == "end_user" else filters.granularity,
         ),
         key="spend-over-time",
     )
@@ -103,6 +104,7 @@ st.plotly_chart(
         y_title="USD",
         legend="source",
         color="source",
+        bucket=filters.granularity,
     ),
     key="spend-savings",
 )
