@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from shared import accounts, audit, console_users, screening
 from shared.accounts import MODERATION_CHOICES, AccountError, Limits, TierPolicy
+from shared.body_storage import BODY_STORAGE_CHOICES
 from shared.db import engine_for, transaction, upgrade
 from shared.keys import ENVIRONMENTS
 from shared.models import ApiKey, ModelPrice, Tenant, Tier, User
@@ -118,16 +119,46 @@ def tenant_create(name: str, monthly_usd: Decimal | None) -> None:
         click.echo(f"created tenant {row.name} (id {row.id})", err=True)
 
 
+@tenant.command("update")
+@click.argument("name")
+@click.option(
+    "--body-storage",
+    type=click.Choice(BODY_STORAGE_CHOICES),
+    required=True,
+    help="Keep request and response bodies in full (secrets redacted), redacted (the shape "
+    "without the text) or none.",
+)
+def tenant_update(name: str, body_storage: str) -> None:
+    """Change how a tenant's bodies are kept (applies to calls from now on)."""
+    with _session() as session:
+        accounts.set_tenant_body_storage(session, name, body_storage)
+        audit.record(
+            session,
+            "cli",
+            "tenant.body_storage",
+            "tenant",
+            name,
+            after={"body_storage": body_storage},
+        )
+        click.echo(f"tenant {name}: bodies kept {body_storage}", err=True)
+
+
 @tenant.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def tenant_list(as_json: bool) -> None:
     """List tenants."""
     with _session() as session:
         rows = [
-            {"id": t.id, "name": t.name, "monthly_usd": t.monthly_usd, "created_at": t.created_at}
+            {
+                "id": t.id,
+                "name": t.name,
+                "monthly_usd": t.monthly_usd,
+                "body_storage": t.body_storage,
+                "created_at": t.created_at,
+            }
             for t in session.scalars(select(Tenant).order_by(Tenant.id))
         ]
-    _emit(rows, as_json, ("id", "name", "monthly_usd"))
+    _emit(rows, as_json, ("id", "name", "monthly_usd", "body_storage"))
 
 
 # -- tiers ------------------------------------------------------------------------------

@@ -87,6 +87,8 @@ class Principal:
     # Screening, from the tier: estimated prompt-token ceiling; moderation "flag"/"block".
     max_prompt_tokens: int | None = None
     moderation_action: str | None = None
+    # How much of the bodies the request log keeps: "full", "redacted" or "none" (tenant).
+    body_storage: str = "full"
 
     def may_use(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
@@ -155,6 +157,7 @@ def principal_from_rows(key: ApiKey, user: User, tier: Tier, tenant: Tenant) -> 
         is_prompt_cache_marked=bool(tier.is_prompt_cache_marked),
         max_prompt_tokens=tier.max_prompt_tokens,
         moderation_action=tier.moderation_action,
+        body_storage=tenant.body_storage,
     )
 
 

@@ -14,10 +14,10 @@ from proxy.config_cache import Principal
 from proxy.endpoints.base import RequestFacts
 from proxy.quota import Reservation
 from proxy.ratelimit import RateGrant
+from shared.body_storage import FULL, stored_body
 from shared.catalogue import ModelEntry
 from shared.pricing import Usage
 from shared.records import CallRecord
-from shared.redact import redact
 
 if TYPE_CHECKING:
     from proxy.tracing import Trace
@@ -79,6 +79,7 @@ class CallContext:
         principal = self.principal
         facts = self.facts
         model = self.model
+        storage = principal.body_storage if principal else FULL
         return CallRecord(
             id=self.id,
             client_request_id=self.client_request_id,
@@ -119,12 +120,7 @@ class CallContext:
             refusal_reason=self.refusal_reason,
             flag_reasons=list(dict.fromkeys(self.flag_reasons)) or None,
             output_valid=self.output_valid,
-            # Secrets are kept out of the stored bodies (the client and upstream saw them).
-            request_body=stored_body(self.raw_body.decode("utf-8", "replace")),
-            response_body=stored_body(self.response_body),
+            # As much as the tenant keeps, secrets redacted (the client and upstream saw them).
+            request_body=stored_body(self.raw_body.decode("utf-8", "replace"), storage),
+            response_body=stored_body(self.response_body, storage),
         )
-
-
-def stored_body(text: str | None) -> str | None:
-    """A body as the request log keeps it: secrets redacted, empty as None."""
-    return redact(text) if text else None

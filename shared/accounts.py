@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from shared.body_storage import BODY_STORAGE_CHOICES
 from shared.catalogue import PROVIDERS
 from shared.keys import ENVIRONMENTS, generate_key
 from shared.models import (
@@ -116,6 +117,17 @@ def create_tenant(session: Session, name: str, monthly_usd: Decimal | None = Non
         raise AccountError("monthly_usd must not be negative")
     tenant = Tenant(name=name, monthly_usd=monthly_usd, created_at=now_utc())
     session.add(tenant)
+    announce_change(session)
+    return tenant
+
+
+def set_tenant_body_storage(session: Session, name: str, storage: str) -> Tenant:
+    """Keep this tenant's bodies in full, redacted or not at all (``shared.body_storage``);
+    every proxy process applies it within ``config_poll_seconds``."""
+    if storage not in BODY_STORAGE_CHOICES:
+        raise AccountError(f"body storage must be one of {', '.join(BODY_STORAGE_CHOICES)}")
+    tenant = get_tenant(session, name)
+    tenant.body_storage = storage
     announce_change(session)
     return tenant
 
