@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 from proxy.cache import build_response_cache
 from proxy.config_cache import ConfigCache
 from proxy.errors import ANTHROPIC, OPENAI, GatewayError, MethodNotAllowed, NotFound
+from proxy.jwt_auth import build_token_auth
 from proxy.metrics import Metrics
 from proxy.pipeline import Gateway, Pipeline, begin
 from proxy.providers import build_providers
@@ -76,6 +77,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
     engine = engine_for(settings)
     config = ConfigCache(engine, poll_seconds=settings.config_poll_seconds)
+    config.tokens = build_token_auth(settings, config)  # None: gateway keys only
     writer = RecordWriter(
         engine,
         settings.effective_spool_dir,

@@ -1,4 +1,4 @@
-"""Stage: authenticate the caller by its gateway key."""
+"""Stage: authenticate the caller by its gateway key (or its identity provider's token)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from proxy.config_cache import ConfigCache, Principal
 from proxy.errors import AuthenticationFailed
+from proxy.jwt_auth import looks_like_token
 from shared.keys import looks_like_key
 
 
@@ -27,7 +28,10 @@ def masked(secret: str) -> str:
 
 
 def authenticate(config: ConfigCache, headers: Mapping[str, str]) -> Principal:
-    """The principal behind the presented key; AuthenticationFailed (401) otherwise."""
+    """The principal behind the presented key; AuthenticationFailed (401) otherwise.
+
+    A JWT is verified against the configured issuer when there is one (proxy.jwt_auth).
+    """
     secret = read_key(headers)
     if secret is None:
         raise AuthenticationFailed(
@@ -35,6 +39,8 @@ def authenticate(config: ConfigCache, headers: Mapping[str, str]) -> Principal:
             "or 'x-api-key: mg-…'.",
             code="missing_api_key",
         )
+    if config.tokens is not None and looks_like_token(secret):
+        return config.tokens.principal_for(secret)
     principal = config.principal_for(secret) if looks_like_key(secret) else None
     if principal is None:
         raise AuthenticationFailed(f"Incorrect API key provided: {masked(secret)}.")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,6 +35,9 @@ from shared.screening import (
     load_rule_specs,
     rules_for_tenant,
 )
+
+if TYPE_CHECKING:
+    from proxy.jwt_auth import TokenAuth
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -182,8 +185,11 @@ class ConfigCache:
         self._global_cap: tuple[Decimal | None] | None = None  # (cap,) once read
         self._rule_specs: list[RuleSpec] | None = None
         self._rules: dict[int, tuple[CompiledRule, ...]] = {}
+        self._identities: dict[Hashable, Principal] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Bearer tokens of an identity provider (proxy.jwt_auth); None: gateway keys only.
+        self.tokens: TokenAuth | None = None
 
     # -- lookups (hot path) ---------------------------------------------------------
 
@@ -206,6 +212,21 @@ class ConfigCache:
                 if len(self._principals) > MAX_CACHED_KEYS:
                     self._principals.clear()
                 self._principals[digest] = principal
+        return principal
+
+    def principal_of(self, identity: Hashable, load: Callable[[Session], Principal]) -> Principal:
+        """The principal of a caller known by something other than a key (a token's tenant,
+        user and tier), built by ``load`` on first sight and kept until the config moves.
+        What ``load`` raises (a GatewayError) is not cached."""
+        principal = self._identities.get(identity)
+        if principal is not None:
+            return principal
+        with self._reading() as session:
+            principal = load(session)
+        with self._lock:
+            if len(self._identities) > MAX_CACHED_KEYS:
+                self._identities.clear()
+            self._identities[identity] = principal
         return principal
 
     def models(self) -> dict[str, ModelEntry]:
@@ -250,6 +271,7 @@ class ConfigCache:
     def clear(self) -> None:
         with self._lock:
             self._principals = {}
+            self._identities = {}
             self._misses = {}
             self._models = None
             self._global_cap = None

@@ -337,6 +337,13 @@ class Settings(BaseSettings):
         description="Tier of users created from tokens without the tier claim (unset: such "
         "tokens of unknown users get 403).",
     )
+    jwks_min_refresh_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Shortest time between two JWKS fetches forced by tokens with an unknown "
+        "key id (a rotated key is picked up at most this late; the JWKS is refetched every "
+        "5 minutes anyway).",
+    )
     jwt_leeway_seconds: int = Field(
         30, ge=0, description="Clock skew allowed when checking a token's exp, nbf and iat."
     )
