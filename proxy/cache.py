@@ -194,58 +194,48 @@ class ResponseCache:
     def lookup(self, ticket: CacheTicket) -> CacheEntry | None:
         """The stored answer, or None: then this call asks upstream and settles the ticket.
 
-        On a miss the call claims the key, or waits (bounded) for the call that did.
+        On a miss the call claims the key (in the same store round trip as the read), or
+        waits (bounded) for the call that did.
         """
         if not ticket.is_lookup:
             return None
+        hold = self._lock_wait if ticket.ttl_seconds > 0 else None
         try:
-            entry = self._read(ticket.key)
-            if entry is not None or ticket.ttl_seconds <= 0:
-                return entry
-            token = self._store.claim(ticket.key, self._lock_wait)
-            if token is None:
+            found = self._store.get_or_claim(ticket.key, hold)
+            if found.value is not None:
+                return self._entry(ticket.key, found.value)
+            if hold is None:
+                return None
+            if found.token is None:
                 raw = self._store.wait(ticket.key, self._lock_wait)
                 return CacheEntry.from_bytes(raw) if raw is not None else None
-            ticket.claim_token = token
-            # The leader before us may have stored and released between our get and claim.
-            entry = self._read(ticket.key)
-            if entry is not None:
-                self.settle(ticket, None)
-            return entry
+            ticket.claim_token = found.token
+            return None
         except CacheUnavailable as exc:
             log.warning("event=cache_unavailable op=lookup error=%s", exc)
             return None
 
     def settle(self, ticket: CacheTicket, entry: CacheEntry | None) -> None:
         """Store ``entry`` (a complete, successful answer) if the ticket allows, and end
-        the call's claim so waiters go on. Once per ticket; never raises."""
+        the call's claim so waiters go on: one store round trip. Once per ticket; never
+        raises (a claim that could not be ended expires by itself)."""
         if ticket.is_settled:
             return
         ticket.is_settled = True
+        token, ticket.claim_token = ticket.claim_token, None
+        value = None
+        if entry is not None and ticket.ttl_seconds > 0 and is_finished(entry.body):
+            value = entry.to_bytes()
         try:
-            if entry is not None and ticket.ttl_seconds > 0 and is_finished(entry.body):
-                self._store.put(ticket.key, entry.to_bytes(), ticket.ttl_seconds)
+            self._store.put_and_release(ticket.key, value, ticket.ttl_seconds, token)
         except CacheUnavailable as exc:
             log.warning("event=cache_unavailable op=store error=%s", exc)
-        finally:
-            token, ticket.claim_token = ticket.claim_token, None
-            if token is not None:
-                self._release(ticket.key, token)
 
-    def _read(self, key: str) -> CacheEntry | None:
-        raw = self._store.get(key)
-        if raw is None:
-            return None
+    def _entry(self, key: str, raw: bytes) -> CacheEntry | None:
         entry = CacheEntry.from_bytes(raw)
         if entry is None:
             log.warning("event=cache_entry_unreadable key=%s", key[:16])
         return entry
-
-    def _release(self, key: str, token: str) -> None:
-        try:
-            self._store.release(key, token)
-        except CacheUnavailable as exc:  # the claim expires by itself
-            log.warning("event=cache_unavailable op=release error=%s", exc)
 
 
 def build_response_cache(settings: Settings, redis: Redis | None) -> ResponseCache:

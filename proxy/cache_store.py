@@ -4,7 +4,9 @@ Both stores speak one small protocol: ``get`` / ``put`` an entry with a TTL, and
 ``claim`` / ``release`` / ``wait`` for single flight (the first caller of a missing
 key claims it and asks upstream; the others wait until it stored its answer or
 gave up). A claim expires by itself, so a crashed leader blocks nobody for longer
-than the hold it asked for.
+than the hold it asked for. The hot path uses the two combined steps, one Redis
+round trip each: ``get_or_claim`` (the entry, else the claim) and ``put_and_release``
+(store the answer, end the claim).
 
 Failures of the store raise ``CacheUnavailable``; the cache treats them as misses.
 """
@@ -34,6 +36,35 @@ end
 return 0
 """
 
+# KEYS: entry, claim. ARGV: token, hold ms (0: only read). The entry, atomically with the
+# claim on a miss, so no leader can store and release between the two.
+# Returns {1, entry}, {2} claimed, {3} another caller holds the claim, {0} a plain miss.
+_GET_OR_CLAIM_SCRIPT = """
+local value = redis.call('GET', KEYS[1])
+if value then return {1, value} end
+if tonumber(ARGV[2]) <= 0 then return {0} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {3}
+"""
+
+# KEYS: entry, claim. ARGV: value ('' : store nothing), ttl ms, token ('': no claim).
+_PUT_AND_RELEASE_SCRIPT = """
+if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """What ``get_or_claim`` found: the entry, or this caller's claim on the miss.
+
+    Neither, after a claim was asked for: another caller is answering (``wait``).
+    """
+
+    value: bytes | None = None
+    token: str | None = None
+
 
 class CacheUnavailable(Exception):
     """The cache store could not be read or written (Redis down, timed out, …)."""
@@ -58,6 +89,16 @@ class CacheStore(Protocol):
         """Wait until ``key`` is stored or its claim ends; the entry, or None."""
         ...
 
+    def get_or_claim(self, key: str, hold_seconds: float | None) -> Found:
+        """The entry; else, when ``hold_seconds`` is given, the claim on it (atomically)."""
+        ...
+
+    def put_and_release(
+        self, key: str, value: bytes | None, ttl_seconds: int, token: str | None
+    ) -> None:
+        """Store ``value`` (if any) and end the claim ``token`` (if any), in one step."""
+        ...
+
 
 class RedisCacheStore:
     """Entries as plain keys with PX expiry; claims as ``SET NX PX`` keys; waiting by polling."""
@@ -65,6 +106,35 @@ class RedisCacheStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._release = redis.register_script(_RELEASE_SCRIPT)
+        self._get_or_claim = redis.register_script(_GET_OR_CLAIM_SCRIPT)
+        self._put_and_release = redis.register_script(_PUT_AND_RELEASE_SCRIPT)
+
+    def get_or_claim(self, key: str, hold_seconds: float | None) -> Found:
+        token = secrets.token_hex(8)
+        hold_ms = 0 if hold_seconds is None else max(1, int(hold_seconds * 1000))
+        try:
+            result = self._get_or_claim(
+                keys=[ENTRY_PREFIX + key, CLAIM_PREFIX + key], args=[token, hold_ms]
+            )
+        except RedisError as exc:
+            raise CacheUnavailable(f"get failed: {type(exc).__name__}") from exc
+        if result[0] == 1:
+            return Found(value=bytes(result[1]))
+        return Found(token=token if result[0] == 2 else None)
+
+    def put_and_release(
+        self, key: str, value: bytes | None, ttl_seconds: int, token: str | None
+    ) -> None:
+        stored = value if value is not None and ttl_seconds > 0 else b""
+        if not stored and token is None:
+            return
+        try:
+            self._put_and_release(
+                keys=[ENTRY_PREFIX + key, CLAIM_PREFIX + key],
+                args=[stored, max(1, ttl_seconds * 1000), token or ""],
+            )
+        except RedisError as exc:
+            raise CacheUnavailable(f"put failed: {type(exc).__name__}") from exc
 
     def get(self, key: str) -> bytes | None:
         try:
@@ -183,6 +253,28 @@ class MemoryCacheStore:
                 return
             del self._flights[key]
         flight.done.set()
+
+    def get_or_claim(self, key: str, hold_seconds: float | None) -> Found:
+        value = self.get(key)
+        if value is not None or hold_seconds is None:
+            return Found(value=value)
+        token = self.claim(key, hold_seconds)
+        if token is None:
+            return Found()
+        # The leader before us may have stored and released between our get and claim.
+        value = self.get(key)
+        if value is not None:
+            self.release(key, token)
+            return Found(value=value)
+        return Found(token=token)
+
+    def put_and_release(
+        self, key: str, value: bytes | None, ttl_seconds: int, token: str | None
+    ) -> None:
+        if value is not None:
+            self.put(key, value, ttl_seconds)
+        if token is not None:
+            self.release(key, token)
 
     def wait(self, key: str, timeout_seconds: float) -> bytes | None:
         with self._lock:

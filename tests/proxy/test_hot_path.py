@@ -43,14 +43,13 @@ GPT = "gpt-4o-mini"
 #   rate limits    4  flask-limiter (limits): the request hit on the moving window, that
 #                     window's state (x-ratelimit-*-requests), the tokens charged on the
 #                     sliding window, that window's state (x-ratelimit-*-tokens)
-#   cache lookup   3  a miss: GET the entry, claim the key (SET NX PX), GET again (the
-#                     leader before us may have stored and released in between); a hit: 1
+#   cache lookup   1  one script: the entry, or on a miss the single-flight claim
 #   quota reserve  1  one script, every scope (key, user, tenant, global)
-#   cache store    2  a miss: SET the answer, release the claim (script)
+#   cache store    1  one script: the answer stored and the claim released (a miss)
 #   settle         2  the token charge corrected to the real usage (sliding window hit),
 #                     the quota hold settled (script); a hit: only the token charge
 #                     given back (a hit reserves no quota)
-MISS_ROUND_TRIPS = 4 + 3 + 1 + 2 + 2
+MISS_ROUND_TRIPS = 4 + 1 + 1 + 1 + 2
 HIT_ROUND_TRIPS = 4 + 1 + 1
 
 
