@@ -26,6 +26,7 @@ from proxy.recorder import RecordWriter
 from proxy.resilience import Resilience
 from proxy.response_owners import build_response_owners
 from proxy.routes import admin, anthropic, feedback, openai
+from proxy.sentry import close_sentry, init_sentry
 from proxy.tracing import build_tracing
 from shared.db import engine_for
 from shared.settings import Settings
@@ -58,6 +59,7 @@ class AppState:
             provider.close()
         if self.pipeline.gateway.tracing is not None:
             self.pipeline.gateway.tracing.close()
+        close_sentry(self.settings)
         if self.redis is not None:
             self.redis.close()
         self.engine.dispose()
@@ -72,6 +74,7 @@ def create_app(
     """Build the proxy. ``settings`` defaults to the environment."""
     settings = settings or Settings()
     _keep_prompts_out_of_logs()
+    init_sentry(settings)  # per process, like everything here; off without a DSN
     app = Flask(__name__)
     # One byte over the limit, so read_body can tell "exactly the limit" from "over it".
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes + 1
