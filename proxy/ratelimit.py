@@ -18,6 +18,10 @@ Scopes are checked narrowest first (end user, key, user), so an end user refused
 its own limit takes nothing from the key's or the user's. A refused token hit gives
 back the token hits made before it; request hits are not given back (a refused call
 still counts as a request, as with the providers).
+
+On Redis a hit and the read of its window's state (for the x-ratelimit-* headers) go
+in one pipeline: one round trip per limited scope and kind, running flask-limiter's own
+scripts on its own keys (``_PipelinedWindows``).
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ from flask import Flask
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits import RateLimitItem, RateLimitItemPerMinute
-from limits.storage import SlidingWindowCounterSupport
+from limits.storage import RedisStorage, SlidingWindowCounterSupport
 from limits.strategies import RateLimiter, SlidingWindowCounterRateLimiter
 from redis import Redis, RedisError
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from proxy.config_cache import Principal
 from proxy.errors import GatewayError, RateLimited
@@ -145,6 +151,72 @@ def _stricter(old: Window | None, new: Window) -> Window:
     return old
 
 
+Sliding = tuple[int, float, int, float]  # previous count, its TTL, current count, its TTL
+
+
+class _PipelinedWindows:
+    """A hit and its window's state in one Redis round trip, on limits' RedisStorage.
+
+    The same scripts, keys and arguments as ``limits``' moving-window and sliding-window
+    strategies (``acquire_entry`` + ``get_moving_window``, ``acquire_sliding_window_entry``
+    + ``get_sliding_window``), queued in one pipeline instead of sent one by one.
+    """
+
+    def __init__(self, storage: RedisStorage) -> None:
+        self._storage = storage
+        self._redis = cast(Redis, storage.get_connection())
+
+    def hit_requests(self, item: RateLimitItem, ids: tuple[str, ...]) -> tuple[bool, float, int]:
+        """(hit, window start, entries in the window) after counting one request."""
+        storage = self._storage
+        key = storage.prefixed_key(item.key_for(*ids))
+        now, expiry = time.time(), item.get_expiry()
+        acquired, window = self._run(
+            (storage.lua_acquire_moving_window, [key], [now, item.amount, expiry, 1]),
+            (storage.lua_moving_window, [key], [now - expiry, item.amount]),
+        )
+        if window:
+            return bool(acquired), float(window[0]), int(window[1])
+        return bool(acquired), now, 0
+
+    def hit_tokens(
+        self, item: RateLimitItem, ids: tuple[str, ...], cost: int
+    ) -> tuple[bool, Sliding]:
+        """(hit, the sliding window's state) after charging ``cost``."""
+        storage = self._storage
+        key = item.key_for(*ids)
+        keys = [
+            storage.prefixed_key(storage._previous_window_key(key)),
+            storage.prefixed_key(storage._current_window_key(key)),
+        ]
+        expiry = item.get_expiry()
+        acquired, window = self._run(
+            (storage.lua_acquire_sliding_window, keys, [item.amount, expiry, cost]),
+            (storage.lua_sliding_window, keys, [expiry]),
+        )
+        if not window:
+            return bool(acquired), (0, 0.0, 0, 0.0)
+        return bool(acquired), (
+            int(window[0] or 0),
+            max(0, float(window[1] or 0)) / 1000,
+            int(window[2] or 0),
+            max(0, float(window[3] or 0)) / 1000,
+        )
+
+    def _run(self, *calls: tuple[Script, list[str], list[Any]]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        results = pipe.execute(raise_on_error=False)
+        for index, result in enumerate(results):
+            if isinstance(result, NoScriptError):  # Redis restarted or flushed its scripts
+                script, keys, args = calls[index]
+                results[index] = script(keys, args)  # loads it, then runs it
+            elif isinstance(result, Exception):
+                raise result
+        return list(results)
+
+
 class RateLimits:
     """The rate-limit stage on a flask-limiter ``Limiter`` (its storage and strategy)."""
 
@@ -158,6 +230,11 @@ class RateLimits:
     ) -> None:
         self._requests: RateLimiter = limiter.limiter  # the moving window
         self._tokens = SlidingWindowCounterRateLimiter(limiter.storage)
+        self._pipelined = (
+            _PipelinedWindows(limiter.storage)
+            if isinstance(limiter.storage, RedisStorage)
+            else None
+        )
         self._unauthenticated_rpm = unauthenticated_rpm
         self._is_fail_open = is_fail_open  # Redis unreachable: let calls through, unlimited
         self._clock = clock
@@ -231,35 +308,60 @@ class RateLimits:
                 continue
             item = RateLimitItemPerMinute(scope.rpm)
             ids = ("requests", *scope.ids)
-            if not self._requests.hit(item, *ids):
+            is_hit, window = self._hit_requests(item, ids)
+            if not is_hit:
                 raise self._requests_refusal(scope, item, ids)
-            grant.requests = _stricter(grant.requests, self._request_window(item, ids))
+            grant.requests = _stricter(grant.requests, window)
         for scope in scopes:
             if scope.tpm is None:
                 continue
             item = RateLimitItemPerMinute(scope.tpm)
             ids = ("tokens", *scope.ids)
-            if not self._tokens.hit(item, *ids, cost=tokens):
+            is_hit, sliding = self._hit_tokens(item, ids, tokens)
+            if not is_hit:
                 refusal = self._tokens_refusal(scope, item, ids, tokens)
                 for hit_item, hit_ids in grant.token_hits:
                     self._tokens.hit(hit_item, *hit_ids, cost=-tokens)
                 raise refusal
             grant.token_hits.append((item, ids))
-            grant.tokens = _stricter(grant.tokens, self._token_window(item, ids, item.amount))
+            grant.tokens = _stricter(grant.tokens, self._window_of(item, sliding, item.amount))
         return grant
+
+    def _hit_requests(self, item: RateLimitItem, ids: tuple[str, ...]) -> tuple[bool, Window]:
+        """Count one request; whether it fit, and the window's state after it."""
+        if self._pipelined is None:
+            if not self._requests.hit(item, *ids):
+                return False, Window(item.amount, 0, 0.0)
+            return True, self._request_window(item, ids)
+        is_hit, start, count = self._pipelined.hit_requests(item, ids)
+        remaining = item.amount - count
+        reset = start + item.get_expiry() - self._clock() if remaining < item.amount else 0.0
+        return is_hit, Window(item.amount, remaining, max(0.0, reset))
+
+    def _hit_tokens(
+        self, item: RateLimitItem, ids: tuple[str, ...], tokens: int
+    ) -> tuple[bool, Sliding]:
+        """Charge ``tokens``; whether they fit, and the sliding window's state after it."""
+        if self._pipelined is None:
+            if not self._tokens.hit(item, *ids, cost=tokens):
+                return False, (0, 0.0, 0, 0.0)
+            return True, self._sliding(item, ids)
+        return self._pipelined.hit_tokens(item, ids, tokens)
 
     def _request_window(self, item: RateLimitItem, ids: tuple[str, ...]) -> Window:
         stats = self._requests.get_window_stats(item, *ids)
         reset = stats.reset_time - self._clock() if stats.remaining < item.amount else 0.0
         return Window(item.amount, stats.remaining, max(0.0, reset))
 
-    def _sliding(self, item: RateLimitItem, ids: tuple[str, ...]) -> tuple[int, float, int, float]:
+    def _sliding(self, item: RateLimitItem, ids: tuple[str, ...]) -> Sliding:
         storage = cast(SlidingWindowCounterSupport, self._tokens.storage)
         return storage.get_sliding_window(item.key_for(*ids), item.get_expiry())
 
     def _token_window(self, item: RateLimitItem, ids: tuple[str, ...], cost: int) -> Window:
         """The window's state; ``reset_seconds`` is when ``cost`` tokens will fit."""
-        window = self._sliding(item, ids)
+        return self._window_of(item, self._sliding(item, ids), cost)
+
+    def _window_of(self, item: RateLimitItem, window: Sliding, cost: int) -> Window:
         previous, previous_ttl, current, _ = window
         used = math.floor(previous * previous_ttl / item.get_expiry()) + current
         wait = seconds_until_fits(item.amount, cost, window, item.get_expiry())
