@@ -1,5 +1,6 @@
-"""Stored Responses API answers: ``GET`` / ``DELETE /v1/responses/{id}`` and
-``POST /v1/responses/{id}/cancel``, each for its owner's tenant only.
+"""Stored Responses API answers: ``GET`` / ``DELETE /v1/responses/{id}``,
+``POST /v1/responses/{id}/cancel`` and ``GET /v1/responses/{id}/input_items``, each
+for its owner's tenant only.
 
 These calls name no model and generate nothing, so they take the pipeline's stages
 that apply, in this order:
@@ -9,7 +10,8 @@ that apply, in this order:
     -> upstream, once (the query string passed on) -> record
 
 No quota hold, no cost, no cache. Every path ends in exactly one record, with the
-endpoint ``responses.retrieve`` / ``responses.delete`` / ``responses.cancel``.
+endpoint ``responses.retrieve`` / ``responses.delete`` / ``responses.cancel`` /
+``responses.input_items``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class StoredAction:
 RETRIEVE = StoredAction("responses.retrieve", "GET", "")
 DELETE = StoredAction("responses.delete", "DELETE", "")
 CANCEL = StoredAction("responses.cancel", "POST", "/cancel")
+INPUT_ITEMS = StoredAction("responses.input_items", "GET", "/input_items")
 
 
 def handle_stored(

@@ -9,7 +9,7 @@ from proxy.endpoints.openai_embeddings import Embeddings
 from proxy.endpoints.openai_responses import Responses
 from proxy.pipeline import Pipeline
 from proxy.routes.models import list_models
-from proxy.stored_responses import CANCEL, DELETE, RETRIEVE, handle_stored
+from proxy.stored_responses import CANCEL, DELETE, INPUT_ITEMS, RETRIEVE, handle_stored
 
 blueprint = Blueprint("openai", __name__)
 CHAT = ChatCompletions()
@@ -44,6 +44,11 @@ def delete_response(response_id: str) -> Response:
 @blueprint.post("/v1/responses/<response_id>/cancel")
 def cancel_response(response_id: str) -> Response:
     return handle_stored(_pipeline(), CANCEL, request, response_id)
+
+
+@blueprint.get("/v1/responses/<response_id>/input_items")
+def list_input_items(response_id: str) -> Response:
+    return handle_stored(_pipeline(), INPUT_ITEMS, request, response_id)
 
 
 @blueprint.post("/v1/embeddings")

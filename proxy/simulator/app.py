@@ -37,6 +37,7 @@ from .openai_responses import (
     cancel_response,
     create_response,
     delete_response,
+    list_input_items,
     retrieve_response,
 )
 from .state import STATE_KEY, SimulatorState
@@ -51,6 +52,7 @@ ENDPOINTS: Final = (
     Endpoint("GET", "/v1/responses/{response_id}", retrieve_response, _OPENAI),
     Endpoint("DELETE", "/v1/responses/{response_id}", delete_response, _OPENAI),
     Endpoint("POST", "/v1/responses/{response_id}/cancel", cancel_response, _OPENAI),
+    Endpoint("GET", "/v1/responses/{response_id}/input_items", list_input_items, _OPENAI),
     Endpoint("POST", "/v1/embeddings", create_embeddings, _OPENAI),
     Endpoint("POST", "/v1/moderations", create_moderation, _OPENAI),
     Endpoint("GET", "/v1/models", list_models, _OPENAI),

@@ -131,7 +131,13 @@ async def _answer(
         return _error_response(dialect, body_error[0], request_id)
     try:
         reply = endpoint.handler(
-            Call(state, body, request.match_info, plan.fault if plan is not None else None)
+            Call(
+                state,
+                body,
+                request.match_info,
+                plan.fault if plan is not None else None,
+                dict(request.query),
+            )
         )
     except SimError as error:
         return _error_response(dialect, error, request_id)

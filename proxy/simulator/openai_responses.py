@@ -65,7 +65,8 @@ def create_response(call: Call) -> Reply:
     response = _response_object(body, model, completion, input_tokens, cached)
     total = input_tokens + completion.tokens
     if body.get("store") is not False:
-        state.responses.put(response["id"], StoredResponse(response, digest, total))
+        stored_items = tuple(_listed_item(item) for item in items)
+        state.responses.put(response["id"], StoredResponse(response, digest, total, stored_items))
     if body.get("stream") is True:
         return StreamReply(_stream_frames(response, completion), total)
     return json_reply(response, tokens=total)
@@ -79,6 +80,46 @@ def retrieve_response(call: Call) -> Reply:
 def cancel_response(call: Call) -> Reply:
     """`POST /v1/responses/{response_id}/cancel`: the stored response, unchanged."""
     return json_reply(_stored(call).body)
+
+
+def list_input_items(call: Call) -> Reply:
+    """`GET /v1/responses/{response_id}/input_items`: the items the response was given,
+    newest first unless ``order=asc``, paged with ``limit`` (1-100, default 20) and
+    ``after``; 404 when unknown."""
+    stored = _stored(call)
+    query = call.query
+    items = list(stored.input_items)
+    if query.get("order", "desc") != "asc":
+        items.reverse()
+    after = query.get("after")
+    if after:
+        ids = [item["id"] for item in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    try:
+        limit = min(max(int(query.get("limit", "20")), 1), 100)
+    except ValueError:
+        raise invalid_request("Invalid 'limit': expected an integer.", param="limit") from None
+    page = items[:limit]
+    return json_reply(
+        {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(items) > limit,
+        }
+    )
+
+
+def _listed_item(item: JsonObject) -> JsonObject:
+    """An input item as the API lists it: with an id, a type and content parts."""
+    listed = dict(item)
+    listed.setdefault("type", "message")
+    listed.setdefault("id", _hex_id("msg" if listed["type"] == "message" else "item"))
+    content = listed.get("content")
+    if listed["type"] == "message" and isinstance(content, str):
+        listed["content"] = [{"type": "input_text", "text": content}]
+    return listed
 
 
 def delete_response(call: Call) -> Reply:

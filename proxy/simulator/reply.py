@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
 import orjson
@@ -25,12 +25,14 @@ DONE_FRAME: Final = b"data: [DONE]\n\n"
 @dataclass(frozen=True, slots=True)
 class Call:
     """One parsed API request: the app state, the JSON body ({} when there is none),
-    the route parameters (e.g. `response_id`) and the fault it was dealt, if any."""
+    the route parameters (e.g. `response_id`), the fault it was dealt, if any, and
+    the query string."""
 
     state: SimulatorState
     body: JsonObject
     params: Mapping[str, str]
     fault: Fault | None = None
+    query: Mapping[str, str] = field(default_factory=dict)  # the query string's values
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,7 @@ class StoredResponse:
     body: JsonObject
     digest: bytes
     context_tokens: int
+    input_items: tuple[JsonObject, ...] = ()  # as `GET .../input_items` lists them
 
 
 class ResponseStore:

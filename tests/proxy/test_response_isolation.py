@@ -1,5 +1,5 @@
 """Tenant isolation of stored responses: an id tenant A got is 404 for tenant B's key on
-GET, DELETE, cancel and ``previous_response_id``, and never reaches upstream for B.
+GET, DELETE, cancel, input_items and ``previous_response_id``, and never reaches upstream for B.
 
 Two proxies: embedded (SQLite, in-process owner map) and production-like (PostgreSQL,
 Redis database 13).
@@ -81,6 +81,7 @@ CALLS: dict[str, Callable[[openai.OpenAI, str], Any]] = {
     "retrieve": lambda client, rid: client.responses.retrieve(rid),
     "delete": lambda client, rid: client.responses.delete(rid),
     "cancel": lambda client, rid: client.responses.cancel(rid),
+    "input_items": lambda client, rid: client.responses.input_items.list(rid),
     "previous_response_id": lambda client, rid: client.responses.create(
         model=MODEL, input="and then?", previous_response_id=rid
     ),
@@ -148,6 +149,38 @@ def test_the_owning_tenant_retrieves_cancels_continues_and_deletes(
         created.id,
     )
     assert record.model is None and record.cost_usd == 0
+
+
+def test_the_owning_tenant_lists_the_input_items(
+    gw: ProxyServer, tenant_a: openai.OpenAI, sim: SimControl
+) -> None:
+    created = tenant_a.responses.create(
+        model=MODEL,
+        input=[
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "first answer"},
+            {"role": "user", "content": "second question"},
+        ],
+    )
+
+    page = tenant_a.responses.input_items.list(created.id, order="asc", limit=2)
+
+    assert [item.content[0].text for item in page.data] == [  # type: ignore[union-attr]
+        "first question",
+        "first answer",
+    ]
+    assert page.has_more is True
+    rest = tenant_a.responses.input_items.list(created.id, order="asc", after=page.last_id)
+    assert [item.content[0].text for item in rest.data] == ["second question"]  # type: ignore[union-attr]
+    assert upstream_paths(sim)[-1] == f"GET /v1/responses/{created.id}/input_items"
+    raw = tenant_a.responses.input_items.with_raw_response.list(created.id)
+    record, _ = only_record(gw, raw.headers["x-request-id"])
+    assert (record.endpoint, record.status, record.response_id, record.cost_usd) == (
+        "responses.input_items",
+        200,
+        created.id,
+        0,
+    )
 
 
 def test_another_user_of_the_same_tenant_may_use_the_id(

@@ -137,6 +137,25 @@ def test_retrieve_cancel_and_delete_a_stored_response(oai: openai.OpenAI) -> Non
         oai.responses.delete(created.id)
 
 
+def test_input_items_are_listed_newest_first_and_paged(oai: openai.OpenAI) -> None:
+    created = oai.responses.create(
+        model="gpt-4.1",
+        input=[{"role": "user", "content": f"question {n}"} for n in range(3)],
+    )
+
+    newest_first = oai.responses.input_items.list(created.id)
+    page = oai.responses.input_items.list(created.id, order="asc", limit=1)
+
+    texts = [item.content[0].text for item in newest_first.data]  # type: ignore[union-attr]
+    assert texts == ["question 2", "question 1", "question 0"]
+    assert newest_first.has_more is False
+    assert [item.id for item in page.data] == [newest_first.data[-1].id]
+    assert page.has_more is True
+    oai.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.input_items.list(created.id)
+
+
 def test_unknown_previous_response_id_is_a_404_with_the_real_error(control: Control) -> None:
     body = {"model": "gpt-4.1", "input": "hi", "previous_response_id": "resp_missing"}
     status, _, payload = control.raw("POST", "/v1/responses", json.dumps(body).encode())
