@@ -769,7 +769,7 @@ def serve_console(host: str, port: int) -> None:
     """Serve the Streamlit console."""
     from proxy.server import run_console
 
-    sys.exit(run_console(host=host, port=port))
+    run_console(host=host, port=port)
 
 
 @main.command("simulator")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from gunicorn import util as gunicorn_util
@@ -131,7 +130,9 @@ def run_gunicorn(*, host: str, port: int, workers: int, worker_class: str, threa
         ProxyApplication(options).run()
 
 
-def run_console(*, host: str, port: int) -> int:
+def run_console(*, host: str, port: int) -> NoReturn:
+    """Become the Streamlit server (exec, not a child): a stop signal reaches it directly,
+    and no orphaned server outlives a stopped ``metergate serve console``."""
     command = [
         sys.executable,
         "-m",
@@ -149,7 +150,9 @@ def run_console(*, host: str, port: int) -> int:
         "--client.toolbarMode",
         "viewer",
     ]
-    return subprocess.call(command, env=os.environ.copy())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 class QuietRequestHandler(WSGIRequestHandler):
