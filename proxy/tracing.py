@@ -22,6 +22,7 @@ fallbacks) are events on the ``upstream`` span, and the upstream request carries
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,7 +76,10 @@ def build_tracing(settings: Settings) -> Tracing | None:
     """Tracing for this process, or None (the default) when no endpoint is set."""
     if not settings.otel_endpoint:
         return None
-    resource = Resource.create({"service.name": settings.otel_service_name})
+    # The pid tells the workers apart: each builds its own provider after the fork.
+    resource = Resource.create(
+        {"service.name": settings.otel_service_name, "process.pid": os.getpid()}
+    )
     provider = TracerProvider(resource=resource)
     exporter = OTLPSpanExporter(endpoint=traces_url(settings.otel_endpoint))
     provider.add_span_processor(BatchSpanProcessor(exporter))

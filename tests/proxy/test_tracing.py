@@ -4,15 +4,22 @@ receiver in the test decoding ``ExportTraceServiceRequest`` protobufs."""
 from __future__ import annotations
 
 import gzip
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx2
 import openai
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -20,9 +27,17 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from proxy import tracing
 from proxy.simulator import SimulatorThread
+from shared.db import make_engine, upgrade
 from shared.settings import Settings
 from tests.proxy.conftest import SimControl
-from tests.support import ProxyServer, running_proxy, seed_accounts, settings_for
+from tests.support import (
+    PROVIDER_OPENAI_KEY,
+    ProxyServer,
+    running_proxy,
+    seed_accounts,
+    settings_for,
+    wait_for,
+)
 
 STAGES_ANSWERED = [
     "read_body",
@@ -53,6 +68,7 @@ class ReceivedSpan:
     attributes: dict[str, Any]
     events: list[tuple[str, dict[str, Any]]]
     service_name: str
+    pid: int
 
 
 def _value(value: AnyValue) -> Any:
@@ -109,6 +125,7 @@ class OtlpReceiver:
                             for e in span.events
                         ],
                         service_name=str(resource.get("service.name")),
+                        pid=int(resource.get("process.pid", 0)),
                     )
                     with self.lock:
                         self.spans.append(received)
@@ -295,3 +312,79 @@ def test_standard_otlp_endpoint_variable_turns_tracing_on(monkeypatch: pytest.Mo
     assert tracing.traces_url(settings.otel_endpoint) == "http://collector:4318/v1/traces"
     monkeypatch.setenv("METERGATE_OTEL_ENDPOINT", "http://mine:4318")
     assert Settings().otel_endpoint == "http://mine:4318"  # the gateway's own name wins
+
+
+def test_each_gunicorn_worker_exports_its_own_traces(
+    pg_url: str,
+    redis_url: str,
+    simulator: SimulatorThread,
+    receiver: OtlpReceiver,
+    tmp_path: Path,
+) -> None:
+    """The tracer provider is built in each worker after the fork: spans come from both
+    workers' pids, and every call's trace arrives whole (the last ones at SIGTERM)."""
+    upgrade(pg_url)
+    engine = make_engine(pg_url)
+    acct = seed_accounts(engine)
+    engine.dispose()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    base_url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "METERGATE_DATABASE_URL": pg_url,
+        "METERGATE_DATA_DIR": str(tmp_path / "data"),
+        "METERGATE_REDIS_URL": redis_url,  # several workers (embedded mode runs one)
+        "OPENAI_API_KEY": PROVIDER_OPENAI_KEY,
+        "OPENAI_BASE_URL": simulator.base_url + "/v1",
+        "METERGATE_OTEL_ENDPOINT": receiver.url,
+        "METERGATE_OTEL_SERVICE_NAME": "metergate-test",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",  # export every 50 ms (the standard setting)
+        "TMPDIR": str(tmp_path),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-m", "proxy.cli", "serve", "proxy", "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    sent: list[str] = []
+    try:
+
+        def is_up() -> bool:
+            try:
+                return httpx2.get(base_url + "/healthz", timeout=1).status_code == 200
+            except httpx2.HTTPError:
+                return False
+
+        wait_for(is_up, timeout=120, interval=0.1)
+
+        def send(request_id: str) -> int:
+            # A connection per call, several at once: the workers share them out.
+            headers = {
+                "Authorization": f"Bearer {acct.key}",
+                "Connection": "close",
+                "x-request-id": request_id,
+            }
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            url = base_url + "/v1/chat/completions"
+            return httpx2.post(url, json=body, headers=headers, timeout=30).status_code
+
+        def exporting_pids() -> set[int]:
+            return {span.pid for request_id in sent for span in receiver.trace_of(request_id)}
+
+        with ThreadPoolExecutor(8) as pool:
+            while len(exporting_pids()) < 2:
+                assert len(sent) < 400, f"one worker took every call: {exporting_pids()}"
+                batch = [f"gunicorn-{uuid.uuid4()}" for _ in range(8)]
+                assert list(pool.map(send, batch)) == [200] * 8
+                sent += batch
+                wait_for(lambda b=batch: all(receiver.trace_of(i) for i in b), timeout=30)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+    assert server.returncode == 0, output.decode(errors="replace")[-2000:]
+    for request_id in sent:
+        spans = receiver.trace_of(request_id)
+        check_trace(spans, request_id, STAGES_ANSWERED)
+        assert len({span.pid for span in spans}) == 1 and spans[0].pid != os.getpid()
