@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, request
-from redis import Redis
+from redis import BlockingConnectionPool, Redis
 from sqlalchemy import Engine, text
 from werkzeug.exceptions import HTTPException
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 EXTENSION = "metergate"
 SDK_LOGGERS = ("openai", "anthropic")
 REDIS_NOT_USED = "not used (embedded mode)"
+REDIS_MAX_CONNECTIONS = 1000  # per process
 
 
 @dataclass(slots=True)
@@ -88,16 +89,7 @@ def create_app(
         flush_seconds=settings.record_flush_seconds,
     )
     providers = providers if providers is not None else build_providers(settings)
-    redis_client = (
-        Redis.from_url(
-            settings.redis_url,
-            socket_timeout=2.0,
-            socket_connect_timeout=2.0,
-            health_check_interval=30,
-        )
-        if settings.redis_url
-        else None
-    )
+    redis_client = _redis_for(settings.redis_url) if settings.redis_url else None
     gateway = Gateway(
         config=config,
         providers=providers,
@@ -139,6 +131,21 @@ def create_app(
     _register_health(app, state)
     _register_error_handlers(app, state)
     return app
+
+
+def _redis_for(url: str) -> Redis:
+    """One client per process. Its pool blocks (up to the command timeout) for a free
+    connection instead of failing: a worker holding hundreds of calls at once (gevent,
+    many threads) can have more commands in flight than redis-py's default 100."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=2.0,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        health_check_interval=30,
+    )
+    return Redis(connection_pool=pool)
 
 
 def _keep_prompts_out_of_logs() -> None:
