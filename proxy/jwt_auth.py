@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -53,10 +54,17 @@ log = logging.getLogger(__name__)
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 FETCH_TIMEOUT_SECONDS = 5.0
+# After a failed JWKS or discovery fetch, token calls get 503 at once for this long rather
+# than each waiting on a provider that is down.
+FETCH_FAILURE_HOLD_SECONDS = 5.0
 JWKS_LIFESPAN_SECONDS = 300.0
 MAX_TOKEN_CHARS = 16_384
 MAX_NAME_CHARS = 200
 TOKEN_KEY_PREFIX = "jwt"
+# Keys from a JWKS are public keys: a symmetric ("HS256") or "none" algorithm never fits.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
 # Stored in place of a key hash: never the SHA-256 hex of any secret, so no key matches.
 TOKEN_KEY_HASH_MARK = "jwt:"
 
@@ -101,10 +109,21 @@ class TokenRules:
 
 
 def build_token_auth(settings: Settings, config: ConfigCache) -> TokenAuth | None:
-    """Token auth for this process, or None (gateway keys only) without an issuer."""
+    """Token auth for this process, or None (gateway keys only) without an issuer.
+
+    ValueError (at start-up) for settings that cannot work: an issuer that is not an
+    http(s) URL with no JWKS URL to use instead, or no asymmetric algorithm allowed."""
     if not settings.jwt_issuer:
         return None
-    return TokenAuth(TokenRules.from_settings(settings), config)
+    rules = TokenRules.from_settings(settings)
+    if rules.jwks_url is None and not rules.issuer.startswith(("https://", "http://")):
+        raise ValueError("METERGATE_JWT_ISSUER must be an http(s) URL without METERGATE_JWKS_URL")
+    if not rules.algorithms or not set(rules.algorithms) <= ASYMMETRIC_ALGORITHMS:
+        raise ValueError(
+            "METERGATE_JWT_ALGORITHMS must list asymmetric algorithms only, from "
+            + ", ".join(sorted(ASYMMETRIC_ALGORITHMS))
+        )
+    return TokenAuth(rules, config)
 
 
 class TokenAuth:
@@ -115,6 +134,7 @@ class TokenAuth:
         self._config = config
         self._lock = threading.Lock()
         self._jwks: jwt.PyJWKClient | None = None
+        self._failed_at = -FETCH_FAILURE_HOLD_SECONDS  # monotonic time of the last failed fetch
 
     def principal_for(self, token: str) -> Principal:
         """The principal the token names; AuthenticationFailed (401/403) otherwise."""
@@ -136,7 +156,7 @@ class TokenAuth:
             unverified = jwt.decode(token, options={"verify_signature": False})
             if unverified.get("iss") != rules.issuer:  # not ours: no JWKS fetch for it
                 raise jwt.InvalidIssuerError("Invalid issuer")
-            signing_key = self._client().get_signing_key_from_jwt(token)
+            signing_key = self._signing_key(token)
             claims: dict[str, Any] = jwt.decode(
                 token,
                 signing_key,
@@ -146,22 +166,39 @@ class TokenAuth:
                 leeway=rules.leeway_seconds,
                 options={"require": ["exp", "iss"], "verify_aud": rules.audience is not None},
             )
-        except jwt.PyJWKClientConnectionError as exc:
-            log.warning("event=jwks_unavailable error=%s", type(exc).__name__)
-            raise _jwks_unavailable() from exc
         except jwt.ExpiredSignatureError as exc:
-            raise AuthenticationFailed(
-                "The bearer token has expired.", code="expired_token"
-            ) from exc
-        except jwt.PyJWKClientError as exc:  # no key of the issuer has the token's kid
-            raise _invalid("it is not signed by a key of the issuer") from exc
+            expired = AuthenticationFailed("The bearer token has expired.", code="expired_token")
+            raise expired from exc
         except jwt.InvalidAudienceError as exc:
             raise _invalid("it is not meant for this gateway (audience)") from exc
         except jwt.InvalidIssuerError as exc:
             raise _invalid("it is not from the configured issuer") from exc
-        except jwt.InvalidTokenError as exc:  # signature, algorithm, nbf, iat, malformed
+        except jwt.PyJWTError as exc:  # signature, algorithm, key type, nbf, iat, malformed
             raise _invalid(str(exc) or type(exc).__name__) from exc
         return claims
+
+    def _signing_key(self, token: str) -> jwt.PyJWK:
+        """The issuer's key named by the token's ``kid``; 401 when the issuer has none such,
+        503 when its JWKS cannot be fetched or holds no usable signing key."""
+        if time.monotonic() - self._failed_at < FETCH_FAILURE_HOLD_SECONDS:
+            raise _jwks_unavailable()
+        try:
+            client = self._client()
+            client.get_signing_keys()  # the kept set (fetched when stale): must be usable
+        except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError) as exc:
+            # ValueError: a JWKS that is not JSON (PyJWKClient lets json's error through).
+            raise self._fetch_failed(exc) from exc
+        try:
+            return client.get_signing_key_from_jwt(token)  # refetched once for a new kid
+        except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError, ValueError) as exc:
+            raise self._fetch_failed(exc) from exc
+        except jwt.PyJWKClientError as exc:  # no key of the issuer has the token's kid
+            raise _invalid("it is not signed by a key of the issuer") from exc
+
+    def _fetch_failed(self, exc: Exception) -> GatewayError:
+        self._failed_at = time.monotonic()
+        log.warning("event=jwks_unavailable error=%s", type(exc).__name__)
+        return _jwks_unavailable()
 
     def _client(self) -> jwt.PyJWKClient:
         client = self._jwks
@@ -178,21 +215,19 @@ class TokenAuth:
         return client
 
     def _discover_jwks_url(self) -> str:
-        """``jwks_uri`` from the issuer's OpenID configuration (which must name the issuer)."""
+        """``jwks_uri`` from the issuer's OpenID configuration (which must name the issuer);
+        ValueError when it cannot be fetched or read."""
         url = self.rules.issuer.rstrip("/") + DISCOVERY_PATH
-        if not url.startswith(("https://", "http://")):
-            raise GatewayError("METERGATE_JWT_ISSUER must be an http(s) URL.", code="jwt_config")
         try:
             with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_SECONDS) as response:
                 document = json.load(response)
-        except (OSError, ValueError) as exc:
-            log.warning("event=oidc_discovery_failed error=%s", type(exc).__name__)
-            raise _jwks_unavailable() from exc
+        except OSError as exc:  # refused, timed out, HTTP error status
+            raise ValueError(f"OpenID configuration unavailable: {type(exc).__name__}") from exc
         if not isinstance(document, dict) or document.get("issuer") != self.rules.issuer:
-            raise _jwks_unavailable()
+            raise ValueError("the OpenID configuration is for another issuer")
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
-            raise _jwks_unavailable()
+            raise ValueError("the OpenID configuration has no http(s) jwks_uri")
         return jwks_uri
 
     # -- claims -> principal ------------------------------------------------------

@@ -5,6 +5,8 @@ as their api_key through the proxy to the simulator."""
 from __future__ import annotations
 
 import json
+import re
+import socket
 import threading
 import time
 import uuid
@@ -23,11 +25,12 @@ from jwt.algorithms import RSAAlgorithm
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
-from proxy.jwt_auth import DISCOVERY_PATH, TOKEN_KEY_PREFIX, token_key_hash
+from proxy.config_cache import ConfigCache
+from proxy.jwt_auth import DISCOVERY_PATH, TOKEN_KEY_PREFIX, build_token_auth, token_key_hash
 from proxy.simulator import SimulatorThread
 from shared import accounts
 from shared.accounts import Limits
-from shared.db import transaction
+from shared.db import make_engine, transaction
 from shared.keys import display_prefix
 from shared.models import ApiKey, User
 from tests.support import (
@@ -69,11 +72,13 @@ class IdentityProvider:
                 elif self.path == "/jwks":
                     provider.jwks_fetches += 1
                     body = {"keys": [key.jwk() for key in provider.published]}
+                elif self.path == "/broken-jwks":  # what a misconfigured server may answer
+                    body = "<html>not a key set</html>"
                 else:
                     self.send_response(404)
                     self.end_headers()
                     return
-                payload = json.dumps(body).encode()
+                payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -397,3 +402,81 @@ def test_gateway_keys_still_work_beside_tokens(token_proxy: ProxyServer, org: Ac
     with Session(token_proxy.state.engine) as session:
         count = session.scalar(select(func.count()).select_from(User).where(User.email == org.user))
     assert count == 1
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.",  # alg "none", unsigned
+        "eyJub3QiOiJqc29uIn0.bm9wZQ.bm9wZQ",  # not a JWT at all, shaped like one
+    ],
+    ids=["alg-none", "garbage"],
+)
+def test_unsigned_or_malformed_token_is_refused(token_proxy: ProxyServer, token: str) -> None:
+    with (
+        openai_client(token_proxy, token) as client,
+        pytest.raises(openai.AuthenticationError) as err,
+    ):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert err.value.code == "invalid_token"
+
+
+def dead_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("unreachable", ["jwks_url", "issuer", "jwks_not_json"])
+def test_unreachable_signing_keys_answer_503_in_the_callers_dialect(
+    pg_url: str,
+    simulator: SimulatorThread,
+    idp: IdentityProvider,
+    tmp_path: Path,
+    unreachable: str,
+) -> None:
+    """The JWKS (or the issuer's OpenID configuration, to find it) cannot be fetched or read."""
+    issuer = dead_url() if unreachable == "issuer" else idp.issuer
+    settings = settings_for(
+        pg_url,
+        simulator.base_url,
+        tmp_path,
+        jwt_issuer=issuer,
+        jwks_url={
+            "jwks_url": dead_url() + "/jwks",
+            "jwks_not_json": idp.issuer + "/broken-jwks",
+        }.get(unreachable, ""),
+    )
+    with running_proxy(settings) as server:
+        org = seed_accounts(server.state.engine)
+        token = idp.token(**claims_for(org), iss=issuer)
+        with anthropic.Anthropic(base_url=server.base_url, api_key=token, max_retries=0) as claude:
+            with pytest.raises(anthropic.APIStatusError) as err:
+                claude.messages.create(
+                    model="claude-haiku-4-5",
+                    max_tokens=20,
+                    messages=[{"role": "user", "content": "x"}],
+                )
+        assert err.value.status_code == 503
+        assert err.value.response.headers["retry-after"] == "5"
+        assert err.value.response.json()["error"]["type"] == "overloaded_error"
+        record, _ = server.record(err.value.response.headers["x-request-id"])
+        assert (record.status, record.error_code) == (503, "jwks_unavailable")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"jwt_issuer": "my-idp"}, "http(s) URL"),
+        ({"jwt_issuer": "https://idp.example", "jwt_algorithms": "RS256,HS256"}, "asymmetric"),
+        ({"jwt_issuer": "https://idp.example", "jwt_algorithms": ""}, "asymmetric"),
+    ],
+)
+def test_settings_that_cannot_work_stop_the_start(
+    overrides: dict[str, str], problem: str, tmp_path: Path
+) -> None:
+    settings = settings_for("sqlite://", "http://127.0.0.1:9", tmp_path, **overrides)
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        build_token_auth(settings, ConfigCache(make_engine("sqlite://")))
