@@ -20,13 +20,20 @@ import anthropic
 import jwt
 import openai
 import pytest
+import time_machine
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from proxy.config_cache import ConfigCache
-from proxy.jwt_auth import DISCOVERY_PATH, TOKEN_KEY_PREFIX, build_token_auth, token_key_hash
+from proxy.jwt_auth import (
+    DISCOVERY_PATH,
+    TOKEN_KEY_PREFIX,
+    TokenAuth,
+    build_token_auth,
+    token_key_hash,
+)
 from proxy.simulator import SimulatorThread
 from shared import accounts
 from shared.accounts import Limits
@@ -480,3 +487,32 @@ def test_settings_that_cannot_work_stop_the_start(
     settings = settings_for("sqlite://", "http://127.0.0.1:9", tmp_path, **overrides)
     with pytest.raises(ValueError, match=re.escape(problem)):
         build_token_auth(settings, ConfigCache(make_engine("sqlite://")))
+
+
+def test_a_token_trusted_from_an_earlier_call_still_expires(
+    token_proxy: ProxyServer,
+    idp: IdentityProvider,
+    org: Accounts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    verified: list[str] = []
+    verify = TokenAuth.verify
+
+    def counted(self: TokenAuth, token: str) -> dict[str, Any]:
+        verified.append(token)
+        return verify(self, token)
+
+    monkeypatch.setattr(TokenAuth, "verify", counted)
+    now = time.time()
+    token = idp.token(**claims_for(org), exp=int(now) + 120)
+    assert ask(token_proxy, token).http_response.status_code == 200
+    assert ask(token_proxy, token).http_response.status_code == 200
+    assert verified == [token]  # trusted on the second call, not verified again
+    with time_machine.travel(now + 120 + 31, tick=True):  # past exp and the 30 s leeway
+        with openai_client(token_proxy, token) as client:
+            with pytest.raises(openai.AuthenticationError) as err:
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "late"}]
+                )
+    assert err.value.code == "expired_token"
+    assert verified == [token, token]
