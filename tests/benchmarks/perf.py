@@ -78,6 +78,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 TTFT_CALLS = 60
 REALISTIC_CLIENTS = 500
 REALISTIC_THREADS = 256
+STREAM_TOKEN_DELAY_MS = 2.0
 
 
 # -- processes --------------------------------------------------------------------------
@@ -218,6 +219,10 @@ def start_simulator(log_dir: Path) -> Server:
     port = free_port()
     command = [sys.executable, "-c", SIMULATOR, str(port)]
     return start("direct", command, base_env(), log_dir, port, health_path="/_sim/health")
+
+
+def set_simulator(simulator: Server, **values: float) -> None:
+    httpx.post(simulator.base_url + "/_sim/config", json=values).raise_for_status()
 
 
 def start_floor(log_dir: Path, upstream: str, worker_class: str, threads: int) -> Server:
@@ -501,8 +506,12 @@ def measure(
         for concurrency in CONCURRENCIES:
             for server in servers:
                 results.add(server.name, "chat", concurrency, wrk(server, concurrency, seconds))
+        # Chunks a few milliseconds apart, as a model sends them: each is read and
+        # written on its own (at no delay they would arrive coalesced, a few per read).
+        set_simulator(servers[0], token_delay_ms=STREAM_TOKEN_DELAY_MS)
         for server in servers:
             results.add(server.name, "stream", 8, wrk(server, 8, seconds, stream=True))
+        set_simulator(servers[0], token_delay_ms=0.0)
         metergate = next((s for s in servers if s.name == "metergate"), None)
         if metergate is not None:
             for concurrency in (1, 8):
@@ -562,7 +571,11 @@ def report(results: Results, names: list[str], rss: dict[str, float]) -> None:
             f" (miss {fmt(miss, lambda r: r.cpu_ms_per_request)}), bad {hit.bad()}"
         )
     print()
-    print("Streaming (c=8; CPU per chunk = (CPU per streamed call - CPU per whole call) / chunks)")
+    print(
+        f"Streaming (c=8, chunks {STREAM_TOKEN_DELAY_MS:g} ms apart; CPU per chunk ="
+        " (CPU per streamed call - CPU per whole call at c=8) / chunks per call;"
+        " TTFT: sequential calls, no delay)"
+    )
     ttft = results.extra.get("ttft_ms", {})
     direct_ttft = statistics.median(ttft["direct"]) if "direct" in ttft else None
     for name in names:
@@ -613,21 +626,28 @@ def report(results: Results, names: list[str], rss: dict[str, float]) -> None:
 
 
 def realistic(log_dir: Path, dep: Deployment, seconds: float, results: Results) -> None:
-    """500 clients, each streaming an answer that takes about 1 s, through metergate."""
+    """500 clients, each streaming an answer that takes about 1 s: direct, through the
+    floor and through metergate, each with gthread (many threads) and gevent workers."""
     sim = start_simulator(log_dir)
     stack = ExitStack()
     stack.callback(sim.stop)
     with stack:
         # The benchmark's questions get 8-60 tokens: spread them over about a second.
-        httpx.post(sim.base_url + "/_sim/config", json={"token_delay_ms": 28.0}).raise_for_status()
+        set_simulator(sim, token_delay_ms=28.0)
         probe = wrk(sim, 1, 3, stream=True)
         print(f"direct: one stream takes {probe.p50_ms:.0f} ms p50 ({probe.p99_ms:.0f} p99)")
+        threads = REALISTIC_THREADS
         shapes: list[tuple[str, Callable[[], Server]]] = [
             (
-                "gthread x256",
-                lambda: start_metergate(log_dir, dep, sim.base_url, "gthread", REALISTIC_THREADS),
+                f"floor gthread x{threads}",
+                lambda: start_floor(log_dir, sim.base_url, "gthread", threads),
             ),
-            ("gevent", lambda: start_metergate(log_dir, dep, sim.base_url, "gevent", 1)),
+            ("floor gevent", lambda: start_floor(log_dir, sim.base_url, "gevent", 1)),
+            (
+                f"metergate gthread x{threads}",
+                lambda: start_metergate(log_dir, dep, sim.base_url, "gthread", threads),
+            ),
+            ("metergate gevent", lambda: start_metergate(log_dir, dep, sim.base_url, "gevent", 1)),
         ]
         direct = wrk(sim, REALISTIC_CLIENTS, seconds, stream=True, timeout_seconds=30)
         results.add("direct", "realistic", REALISTIC_CLIENTS, direct)
@@ -641,16 +661,16 @@ def realistic(log_dir: Path, dep: Deployment, seconds: float, results: Results) 
                 rss_end = server.rss_per_worker()
             finally:
                 server.stop()
-            results.add(f"metergate {label}", "realistic", REALISTIC_CLIENTS, run)
+            results.add(label, "realistic", REALISTIC_CLIENTS, run)
             results.extra.setdefault("realistic_rss", {})[label] = [rss_start, rss_end]
-            print(_realistic_line(f"metergate {label}", run, direct, rss_start, rss_end))
+            print(_realistic_line(label, run, direct, rss_start, rss_end))
 
 
 def _realistic_line(
     name: str, run: Run, direct: Run | None, rss_start: float | None, rss_end: float | None
 ) -> str:
     line = (
-        f"  {name:<22} {run.rps:6.0f} req/s ({run.rps / REALISTIC_CLIENTS:.0%} of ideal),"
+        f"  {name:<26} {run.rps:6.0f} req/s ({run.rps / REALISTIC_CLIENTS:.0%} of ideal),"
         f" p50 {run.p50_ms:.0f} p90 {run.p90_ms:.0f} p99 {run.p99_ms:.0f} ms"
     )
     if direct is not None:
