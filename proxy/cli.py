@@ -702,6 +702,52 @@ def alerts_run(once: bool) -> None:
         engine.dispose()
 
 
+@main.group()
+def retention() -> None:
+    """Deleting old bodies and records (METERGATE_RETENTION_*_DAYS)."""
+
+
+@retention.command("run")
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+def retention_run(dry_run: bool) -> None:
+    """Apply retention now (the background job does it every hour)."""
+    from datetime import UTC, datetime
+
+    from shared.partitions import ensure_partitions
+    from shared.retention import apply_retention
+
+    settings = Settings()
+    if settings.retention_bodies_days is None and settings.retention_records_days is None:
+        raise click.ClickException(
+            "nothing to do: set METERGATE_RETENTION_BODIES_DAYS and/or "
+            "METERGATE_RETENTION_RECORDS_DAYS (unset keeps everything)"
+        )
+    engine = engine_for(settings)
+    try:
+        now = datetime.now(UTC)
+        if not dry_run:
+            ensure_partitions(engine, now)
+        report = apply_retention(
+            engine,
+            now,
+            bodies_days=settings.retention_bodies_days,
+            records_days=settings.retention_records_days,
+            batch_size=settings.retention_batch_size,
+            dry_run=dry_run,
+        )
+    finally:
+        engine.dispose()
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {report.records_deleted} records (created before {report.records_cut_off}), "
+        f"{report.bodies_deleted} bodies (before {report.bodies_cut_off}), "
+        f"{report.flags_deleted} flags, {report.feedback_deleted} feedback; "
+        f"partitions {'to drop' if dry_run else 'dropped'}: "
+        f"{', '.join(report.partitions_dropped) or 'none'}",
+        err=True,
+    )
+
+
 def _background_job_wanted(settings: Settings) -> bool:
     return bool(
         settings.alert_webhook_urls

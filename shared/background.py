@@ -23,6 +23,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared.alerts import SpikeRule, evaluate
 from shared.models import DeploymentSetting
+from shared.partitions import ensure_partitions
+from shared.retention import apply_retention
 from shared.settings import Settings
 from shared.webhooks import DeliveryReport, claim, deliver_due
 
@@ -118,7 +120,18 @@ class BackgroundJob:
         return run
 
     def _upkeep(self, now: datetime) -> None:
-        """Hourly: partitions ahead and retention (added by shared.retention)."""
+        """Hourly: the request log's partitions ahead, then retention."""
+        ensure_partitions(self._engine, now)
+        settings = self._settings
+        if settings.retention_bodies_days is None and settings.retention_records_days is None:
+            return
+        apply_retention(
+            self._engine,
+            now,
+            bodies_days=settings.retention_bodies_days,
+            records_days=settings.retention_records_days,
+            batch_size=settings.retention_batch_size,
+        )
 
     def run_forever(self) -> None:
         interval = self._settings.alert_interval_seconds

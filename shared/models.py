@@ -149,7 +149,12 @@ class ConfigState(Base):
 
 
 class RequestRecord(Base):
-    """One call that reached the proxy, refused ones included."""
+    """One call that reached the proxy, refused ones included.
+
+    On PostgreSQL the table is partitioned by month of ``created_at`` and its primary
+    key is ``(id, created_at)`` (``shared.partitions``, migration 0005); ids are UUIDs,
+    unique on their own, and the ORM knows a record by its id.
+    """
 
     __tablename__ = "request_records"
 
@@ -206,13 +211,18 @@ class RequestRecord(Base):
 
 
 class RequestBody(Base):
-    """The request and response bodies of one record (streams assembled)."""
+    """The request and response bodies of one record (streams assembled).
+
+    Partitioned like the records on PostgreSQL, keyed ``(record_id, created_at)``, with
+    no foreign key (none can point at a partitioned key without its partition column):
+    retention deletes bodies before or with their records (``shared.retention``).
+    """
 
     __tablename__ = "request_bodies"
 
-    record_id: Mapped[str] = mapped_column(
-        ForeignKey("request_records.id", ondelete="CASCADE"), primary_key=True
-    )
+    record_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    # The record's created_at: bodies are partitioned, and expire, by it.
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     request_body: Mapped[str | None] = mapped_column(Text)
     response_body: Mapped[str | None] = mapped_column(Text)
 

@@ -118,6 +118,7 @@ def write_records(engine: Engine, records: Sequence[CallRecord]) -> None:
         body_rows.append(
             {
                 "record_id": record.id,
+                "created_at": row["created_at"],
                 "request_body": _clean_text(record.request_body),
                 "response_body": _clean_text(record.response_body),
             }

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from shared.models import Base
-from shared.search import include_in_autogenerate
+from shared.partitions import include_in_autogenerate
 
 config = context.config
 target_metadata = Base.metadata

@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 
 from shared.db import alembic_config, make_engine, upgrade
 from shared.models import Base
-from shared.search import include_in_autogenerate
+from shared.partitions import include_in_autogenerate
 from tests.support import create_pg_database, drop_pg_database
 
 
@@ -44,7 +44,7 @@ def schema_diff(url: str) -> list[Any]:
                 opts={
                     "compare_type": True,
                     "compare_server_default": False,
-                    "include_name": include_in_autogenerate,  # the full-text index (0004)
+                    "include_name": include_in_autogenerate,  # search index (0004), partitions
                 },
             )
             return list(compare_metadata(context, Base.metadata))
