@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -516,3 +517,15 @@ def test_a_token_trusted_from_an_earlier_call_still_expires(
                 )
     assert err.value.code == "expired_token"
     assert verified == [token, token]
+
+
+def test_concurrent_first_calls_of_a_new_user_create_it_once(
+    token_proxy: ProxyServer, idp: IdentityProvider, org: Accounts
+) -> None:
+    claims = claims_for(org)
+    tokens = [idp.token(**claims, jti=str(uuid.uuid4())) for _ in range(8)]  # all different
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda t: ask(token_proxy, t).http_response.status_code, tokens))
+    assert statuses == [200] * 8
+    user, keys = token_user(token_proxy, claims["email"])
+    assert [key.prefix for key in keys] == [TOKEN_KEY_PREFIX]
