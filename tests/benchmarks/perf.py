@@ -6,7 +6,8 @@
 
 Brings up, each as its own processes:
 
-- the simulator (``metergate simulator``, no latency), measured directly ("direct");
+- the simulator (what ``metergate simulator`` runs, no latency, with the rate limits it
+  reports raised out of the way), measured directly ("direct");
 - a bare floor (``tests/benchmarks/floor_app.py``: Flask forwarding with a pooled httpx
   client) under gunicorn, with the proxy's worker settings ("floor");
 - metergate in its production shape ("metergate"): ``metergate serve proxy --workers 2``
@@ -16,7 +17,8 @@ Brings up, each as its own processes:
   token and USD quotas reserved per call, a tenant cap and a global cap, the response
   cache, screening (the default rules), and every call recorded in SQL;
 - with ``--litellm``: LiteLLM's proxy (``.bench/litellm-venv``, made on first use with
-  ``pip install 'litellm[proxy]'``), two workers, no database, against the same simulator.
+  ``pip install 'litellm[proxy]'``), two workers, a master key, no database, against the
+  same simulator.
 
 Load comes from wrk (Debian's ``wrk``) with ``tests/benchmarks/chat.lua``, which checks
 every answer's status and body and counts the bad ones. For each target and concurrency
@@ -28,10 +30,10 @@ a sequential Python client) for each target. Every point runs ``--repeat`` times
 the median is printed, with the spread (min-max) in brackets.
 
 ``--realistic``: the simulator answers in about 1 s, streaming its tokens over that
-second; 500 concurrent clients stream through metergate for ``--realistic-seconds``,
-once with gunicorn's gthread workers (256 threads each) and once with gevent workers;
-it reports sustained throughput against the ideal 500/s, added latency percentiles, and
-RSS per worker at the start and the end.
+second; 500 concurrent clients stream for ``--realistic-seconds`` directly, through the
+floor and through metergate, each with gunicorn's gthread workers (256 threads each)
+and with gevent workers; it reports sustained throughput against the ideal 500/s,
+added latency percentiles, CPU per stream, and RSS per worker at the start and the end.
 
 Results are also written to ``.bench/perf-<time>.json``. Not collected by pytest.
 """
@@ -337,8 +339,12 @@ def start_litellm(log_dir: Path, upstream: str) -> Server:
     port = free_port()
     command = [str(binary), "--config", str(config), "--port", str(port)]
     command += ["--num_workers", str(WORKERS)]
-    env = base_env(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
-    return start(
+    # Its own key check on (a master key; there is no database for virtual keys).
+    master_key = "sk-bench-litellm-" + uuid.uuid4().hex
+    env = base_env(
+        LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR", LITELLM_MASTER_KEY=master_key
+    )
+    server = start(
         "litellm",
         command,
         env,
@@ -348,6 +354,8 @@ def start_litellm(log_dir: Path, upstream: str) -> Server:
         ready=has_workers(WORKERS),
         timeout=300,
     )
+    server.key = master_key
+    return server
 
 
 # -- load ---------------------------------------------------------------------------------
