@@ -11,14 +11,19 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import Engine, func, select, text
 
+from proxy.cli import main
+from shared.background import BackgroundJob
 from shared.db import make_engine, upgrade
 from shared.models import Feedback, Flag, RequestBody, RequestRecord, usage_key_daily_table
 from shared.partitions import create_month, ensure_partitions, monthly_partitions
 from shared.records import write_records
 from shared.retention import apply_retention
+from shared.settings import Settings
 from tests.shared.usage_records import call
 from tests.support import create_pg_database, drop_pg_database
 
@@ -271,3 +276,41 @@ def test_upgrading_a_populated_postgresql_log_keeps_every_record_and_body() -> N
             engine.dispose()
     finally:
         drop_pg_database(url)
+
+
+def test_the_background_job_keeps_partitions_ahead_and_applies_retention(engine: Engine) -> None:
+    months_of_2025(engine)
+    ids = log(engine)
+    url = engine.url.render_as_string(hide_password=False)
+    settings = Settings(database_url=url, retention_bodies_days=20, retention_records_days=40)
+    with httpx.Client() as client:
+        BackgroundJob(engine, settings).run_once(client, NOW)
+    kept = remaining(engine)
+    assert kept["records"] == set(ids["late_may"] + ids["june"])
+    assert kept["bodies"] == set(ids["june"])
+    if engine.dialect.name == "postgresql":
+        assert [p for p in partitions(engine, "request_records") if "y2025" in p][-3:] == [
+            "request_records_y2025m07",
+            "request_records_y2025m08",
+            "request_records_y2025m09",
+        ]
+
+
+def test_the_retention_command_counts_in_a_dry_run_and_deletes_otherwise(engine: Engine) -> None:
+    months_of_2025(engine)
+    write_records(engine, [call(datetime(2020, 1, 1, tzinfo=UTC), request_body="{}")])
+    env = {
+        "METERGATE_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+        "METERGATE_RETENTION_RECORDS_DAYS": "40",
+    }
+    runner = CliRunner()
+    dry = runner.invoke(main, ["retention", "run", "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert "would delete 1 records" in dry.output and len(remaining(engine)["records"]) == 1
+    done = runner.invoke(main, ["retention", "run"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "deleted 1 records" in done.output and remaining(engine)["records"] == set()
+    unset = runner.invoke(
+        main, ["retention", "run"], env={**env, "METERGATE_RETENTION_RECORDS_DAYS": None}
+    )
+    assert unset.exit_code == 1 and "nothing to do" in unset.output
