@@ -127,7 +127,7 @@ class GunicornProxy:
     def worker_pids(self) -> list[int]:
         """The master's live children (the workers)."""
         assert self.process is not None
-        return children_of(self.process.pid)
+        return [pid for pid in children_of(self.process.pid) if not _is_background_job(pid)]
 
     def stop(self, timeout: float = 90.0) -> int:
         """SIGTERM (graceful: workers flush their records); the exit status."""
@@ -150,6 +150,15 @@ class GunicornProxy:
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_text()[-chars:]
+
+
+def _is_background_job(pid: int) -> bool:
+    """The master's other child, ``metergate alerts run`` (not a gunicorn worker)."""
+    try:
+        argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"alerts" in argv
 
 
 def children_of(pid: int) -> list[int]:
