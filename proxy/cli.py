@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -671,7 +672,8 @@ def alerts() -> None:
 
 @alerts.command("run")
 @click.option("--once", is_flag=True, help="One pass, then exit (for cron).")
-def alerts_run(once: bool) -> None:
+@click.option("--exit-with-parent", is_flag=True, hidden=True)
+def alerts_run(once: bool, exit_with_parent: bool) -> None:
     """Run the background job: alerts every METERGATE_ALERT_INTERVAL_SECONDS, and every
     hour the partitions ahead and retention. Safe to run on several hosts at once."""
     import signal
@@ -695,7 +697,7 @@ def alerts_run(once: bool) -> None:
             return
         signal.signal(signal.SIGTERM, lambda *_: job.stop())
         try:
-            job.run_forever()
+            job.run_forever(parent_pid=os.getppid() if exit_with_parent else None)
         except KeyboardInterrupt:
             job.stop()
     finally:
@@ -794,7 +796,7 @@ def serve_proxy(host: str, port: int, workers: int, worker_class: str, threads: 
     upgrade(settings.effective_database_url)
     # One background job per host beside the workers (alerts, partitions, retention).
     background = (
-        subprocess.Popen([sys.executable, "-m", "proxy.cli", "alerts", "run"])
+        subprocess.Popen([sys.executable, "-m", "proxy.cli", "alerts", "run", "--exit-with-parent"])
         if _background_job_wanted(settings)
         else None
     )

@@ -133,10 +133,15 @@ class BackgroundJob:
             batch_size=settings.retention_batch_size,
         )
 
-    def run_forever(self) -> None:
+    def run_forever(self, *, parent_pid: int | None = None) -> None:
+        """Loop until ``stop``, or until ``parent_pid`` (the server that started this
+        process) is gone, so a killed server leaves no job behind."""
         interval = self._settings.alert_interval_seconds
         with httpx.Client() as client:
             while not self._stop.is_set():
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    log.info("event=background_job_orphaned parent_pid=%d", parent_pid)
+                    return
                 now = datetime.now(UTC)
                 try:
                     if take_lease(self._engine, self._holder, interval * 3, now):
