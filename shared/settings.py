@@ -277,6 +277,11 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("retention_bodies_days", "retention_records_days", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value  # METERGATE_RETENTION_…= in a compose .env
+
     @field_validator("alert_thresholds_percent")
     @classmethod
     def _check_thresholds(cls, value: list[int]) -> list[int]:
