@@ -256,9 +256,12 @@ def test_a_spend_spike_fires_once_per_scope_and_hour(
     hour = datetime(2026, 9, 20, 14, tzinfo=UTC)
     ids = owner(engine, user_usd="100000")
     tenant_id = ids[0]
-    # A week at $1 an hour, then $2.5 in the hour before: under 3x the baseline, no spike.
-    for hours_back in range(1, 7 * 24 + 1):
-        spend(engine, ids, hour - timedelta(hours=hours_back), "1")
+    # The week before today at $24 a day ($1 an hour); today's earlier hours are not in the
+    # baseline. Then $2.5 in the hour: under 3x the baseline, no spike.
+    for days_back in range(1, 8):
+        spend(engine, ids, hour - timedelta(days=days_back), "24")
+    spend(engine, ids, hour.replace(hour=3), "5")
+    spend(engine, ids, hour - timedelta(days=8), "1000")  # before the baseline's days
     with WebhookReceiver() as receiver:
         config = settings(
             url,
