@@ -12,8 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import Engine, select
 
+from proxy.cli import main
 from shared import accounts
 from shared.accounts import Limits
 from shared.background import BackgroundJob, run_alerts, take_lease
@@ -299,3 +301,25 @@ def test_one_evaluator_holds_the_background_lease_at_a_time(
         job = BackgroundJob(engine, settings(url, receiver))
         run = job.run_once(client, now)
     assert run.alerts == 0 and receiver.posts == []
+
+
+def test_the_alerts_command_makes_one_pass(alerts_db: tuple[str, Engine]) -> None:
+    url, engine = alerts_db
+    now = datetime.now(UTC)
+    ids = owner(engine, user_usd="2")
+    spend(engine, ids, now, "2")
+    with WebhookReceiver() as receiver:
+        env = {
+            "METERGATE_DATABASE_URL": url,
+            "METERGATE_ALERT_WEBHOOK_URLS": receiver.url,
+            "METERGATE_ALERT_SPIKE_MIN_USD": "1000000000",
+        }
+        result = CliRunner().invoke(main, ["alerts", "run", "--once"], env=env)
+        assert result.exit_code == 0, result.output
+        again = CliRunner().invoke(main, ["alerts", "run", "--once"], env=env)
+    month = f"{now.year:04d}-{now.month:02d}"
+    assert receiver.accepted_keys() == Counter(
+        {f"budget:user:{ids[1]}:{month}:{percent}": 1 for percent in (50, 80, 100)}
+    )
+    assert "3 new, 3 delivered, 0 failed" in result.output
+    assert "0 new, 0 delivered" in again.output
