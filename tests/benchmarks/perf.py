@@ -446,6 +446,40 @@ def time_to_first_token(server: Server, calls: int) -> list[float]:
     return found
 
 
+def raw_time_to_first_token(server: Server, calls: int) -> list[float]:
+    """The same, from a bare socket: a new connection per call, the request in one write
+    with TCP_NODELAY; no HTTP client library between the clock and the bytes."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    found: list[float] = []
+    for n in range(calls + 5):
+        body = json.dumps(
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": f"ttft {uuid.uuid4().hex} {n}"}],
+                "stream": True,
+            }
+        ).encode()
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Authorization: Bearer {server.key}\r\nConnection: close\r\n\r\n"
+        )
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            started = time.perf_counter()
+            sock.sendall(head.encode() + body)
+            received, first = b"", None
+            while chunk := sock.recv(65536):
+                received += chunk
+                if first is None and b'"content"' in received:
+                    first = time.perf_counter() - started
+            if first is None or b"[DONE]" not in received:
+                raise RuntimeError(f"{server.name}: a stream without content")
+        if n >= 5:
+            found.append(first)
+    return found
+
+
 # -- measuring and reporting ---------------------------------------------------------------
 
 
@@ -532,6 +566,9 @@ def measure(
         results.extra.setdefault("ttft_ms", {})[server.name] = [
             t * 1000 for t in time_to_first_token(server, TTFT_CALLS)
         ]
+        results.extra.setdefault("raw_ttft_ms", {})[server.name] = [
+            t * 1000 for t in raw_time_to_first_token(server, TTFT_CALLS)
+        ]
 
 
 def report(results: Results, names: list[str], rss: dict[str, float]) -> None:
@@ -582,10 +619,8 @@ def report(results: Results, names: list[str], rss: dict[str, float]) -> None:
     print(
         f"Streaming (c=8, chunks {STREAM_TOKEN_DELAY_MS:g} ms apart; CPU per chunk ="
         " (CPU per streamed call - CPU per whole call at c=8) / chunks per call;"
-        " TTFT: sequential calls, no delay)"
+        ")"
     )
-    ttft = results.extra.get("ttft_ms", {})
-    direct_ttft = statistics.median(ttft["direct"]) if "direct" in ttft else None
     for name in names:
         point = results.get(name, "stream", 8)
         whole = results.get(name, "chat", 8)
@@ -603,14 +638,24 @@ def report(results: Results, names: list[str], rss: dict[str, float]) -> None:
             f" CPU {fmt(point, lambda r: r.cpu_ms_per_request)} ms/stream,"
             f" {fmt(point, per_chunk, 1)} us/chunk, bad {point.bad()}"
         )
-        if name in ttft:
-            values = sorted(ttft[name])
+        print(line)
+    print("Time to first token, sequential calls (ms; overhead = p50 - direct's p50)")
+    for label, key in (
+        ("httpx, keep-alive", "ttft_ms"),
+        ("bare socket, new connection", "raw_ttft_ms"),
+    ):
+        found = results.extra.get(key, {})
+        direct_p50 = statistics.median(found["direct"]) if "direct" in found else None
+        for name in names:
+            if name not in found:
+                continue
+            values = sorted(found[name])
             p50 = statistics.median(values)
             p90 = values[int(len(values) * 0.9)]
-            line += f"; TTFT p50 {p50:.2f} ms p90 {p90:.2f} ms"
-            if direct_ttft is not None and name != "direct":
-                line += f" (overhead p50 {p50 - direct_ttft:+.2f} ms)"
-        print(line)
+            line = f"  {label:<28} {name:<10} p50 {p50:6.2f}  p90 {p90:6.2f}"
+            if direct_p50 is not None and name != "direct":
+                line += f"  overhead {p50 - direct_p50:+.2f}"
+            print(line)
     floor = results.get("floor", "chat", 64)
     mine = results.get("metergate", "chat", 64)
     floor1 = results.get("floor", "chat", 1)
