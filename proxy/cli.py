@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -660,6 +661,81 @@ def usage_rebuild(month: str | None) -> None:
         f"{result.total.tokens} tokens, ${result.total.usd} in total",
         err=True,
     )
+
+
+@usage.command("export")
+@click.option("--month", help="YYYY-MM (default: last month, UTC).")
+@click.option("--start", "start_at", help="Period start, ISO 8601 on the hour (UTC if no zone).")
+@click.option("--end", "end_at", help="Period end (exclusive), like --start.")
+@click.option(
+    "--by",
+    type=click.Choice(["tenant", "user", "key", "end_user"]),
+    default="tenant",
+    show_default=True,
+    help="One row (or one customer of meter events) per this.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["csv", "json"]),
+    default="csv",
+    show_default=True,
+    help="csv: a row per customer; json: meter events for a metered-billing system.",
+)
+@click.option("--tenant", "tenants", multiple=True, help="Only this tenant (repeatable).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write here, not stdout.")
+def usage_export(
+    month: str | None,
+    start_at: str | None,
+    end_at: str | None,
+    by: str,
+    output_format: str,
+    tenants: tuple[str, ...],
+    output: str | None,
+) -> None:
+    """Usage and cost per tenant, user, key or end user for a billing period, as CSV or
+    as JSON meter events (deduplicable: the same period gives the same identifiers)."""
+    from shared.billing import BillingPeriod, month_period
+    from shared.usage import month_of
+    from shared.usage_export import meter_events, tenant_ids_named, usage_csv, usage_rows
+
+    try:
+        if start_at or end_at:
+            if month or not (start_at and end_at):
+                raise click.UsageError("give --month, or both --start and --end")
+            period = BillingPeriod(_utc(start_at), _utc(end_at))
+        else:
+            period = month_period(month or month_of(datetime.now(UTC) - _one_month()))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--month / --start / --end") from exc
+    engine = engine_for(Settings())
+    try:
+        tenant_ids = tenant_ids_named(engine, tenants)
+        rows = usage_rows(engine, period, by, tenant_ids)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        engine.dispose()
+    if output_format == "csv":
+        text = usage_csv(rows, period)
+    else:
+        text = json.dumps(meter_events(rows, period), indent=2) + "\n"
+    if output:
+        with open(output, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+        click.echo(f"wrote {len(rows)} {by} rows to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+def _utc(value: str) -> datetime:
+    at = datetime.fromisoformat(value)
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _one_month() -> timedelta:
+    """Far enough back from now to land in last month (from any day of this one)."""
+    return timedelta(days=datetime.now(UTC).day)
 
 
 # -- alerts and retention (the background job) -----------------------------------------
