@@ -25,6 +25,19 @@ from redis import Redis, RedisError
 
 ENTRY_PREFIX = "metergate:cache:entry:"
 CLAIM_PREFIX = "metergate:cache:claim:"
+
+
+def entry_key(key: str) -> str:
+    """The Redis key of an answer. ``{key}`` is a hash tag: an answer and its claim share
+    one Redis Cluster slot, so the scripts that touch both run on Cluster too."""
+    return f"{ENTRY_PREFIX}{{{key}}}"
+
+
+def claim_key(key: str) -> str:
+    """The Redis key of the single-flight claim on an answer (same slot as the answer)."""
+    return f"{CLAIM_PREFIX}{{{key}}}"
+
+
 FIRST_POLL_SECONDS = 0.005
 MAX_POLL_SECONDS = 0.05
 
@@ -114,7 +127,7 @@ class RedisCacheStore:
         hold_ms = 0 if hold_seconds is None else max(1, int(hold_seconds * 1000))
         try:
             result = self._get_or_claim(
-                keys=[ENTRY_PREFIX + key, CLAIM_PREFIX + key], args=[token, hold_ms]
+                keys=[entry_key(key), claim_key(key)], args=[token, hold_ms]
             )
         except RedisError as exc:
             raise CacheUnavailable(f"get failed: {type(exc).__name__}") from exc
@@ -130,7 +143,7 @@ class RedisCacheStore:
             return
         try:
             self._put_and_release(
-                keys=[ENTRY_PREFIX + key, CLAIM_PREFIX + key],
+                keys=[entry_key(key), claim_key(key)],
                 args=[stored, max(1, ttl_seconds * 1000), token or ""],
             )
         except RedisError as exc:
@@ -138,14 +151,14 @@ class RedisCacheStore:
 
     def get(self, key: str) -> bytes | None:
         try:
-            value = self._redis.get(ENTRY_PREFIX + key)
+            value = self._redis.get(entry_key(key))
         except RedisError as exc:
             raise CacheUnavailable(f"get failed: {type(exc).__name__}") from exc
         return value if isinstance(value, bytes) else None
 
     def put(self, key: str, value: bytes, ttl_seconds: int) -> None:
         try:
-            self._redis.set(ENTRY_PREFIX + key, value, px=ttl_seconds * 1000)
+            self._redis.set(entry_key(key), value, px=ttl_seconds * 1000)
         except RedisError as exc:
             raise CacheUnavailable(f"put failed: {type(exc).__name__}") from exc
 
@@ -153,14 +166,14 @@ class RedisCacheStore:
         token = secrets.token_hex(8)
         hold_ms = max(1, int(hold_seconds * 1000))
         try:
-            is_claimed = self._redis.set(CLAIM_PREFIX + key, token, nx=True, px=hold_ms)
+            is_claimed = self._redis.set(claim_key(key), token, nx=True, px=hold_ms)
         except RedisError as exc:
             raise CacheUnavailable(f"claim failed: {type(exc).__name__}") from exc
         return token if is_claimed else None
 
     def release(self, key: str, token: str) -> None:
         try:
-            self._release(keys=[CLAIM_PREFIX + key], args=[token])
+            self._release(keys=[claim_key(key)], args=[token])
         except RedisError as exc:
             raise CacheUnavailable(f"release failed: {type(exc).__name__}") from exc
 
@@ -172,8 +185,8 @@ class RedisCacheStore:
                 # One transaction: the leader stores before it releases, so "no claim and
                 # no entry" in one snapshot means it gave up.
                 pipe = self._redis.pipeline(transaction=True)
-                pipe.get(ENTRY_PREFIX + key)
-                pipe.exists(CLAIM_PREFIX + key)
+                pipe.get(entry_key(key))
+                pipe.exists(claim_key(key))
                 value, is_claimed = pipe.execute()
             except RedisError as exc:
                 raise CacheUnavailable(f"wait failed: {type(exc).__name__}") from exc

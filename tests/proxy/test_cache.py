@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from proxy.cache import cache_key
-from proxy.cache_store import ENTRY_PREFIX
+from proxy.cache_store import entry_key
 from proxy.simulator import SimulatorThread
 from shared import accounts
 from shared.accounts import Limits, TierPolicy
@@ -468,7 +468,7 @@ def test_ttl_header_sets_the_redis_expiry_capped_by_the_setting(
 
     assert response.status_code == 200
     key = cache_key(_tenant_id(gw, acct), "chat.completions", GPT, body, None)
-    pttl = cache_redis.pttl(ENTRY_PREFIX + key)
+    pttl = cache_redis.pttl(entry_key(key))
     assert expected_ms - 5_000 < pttl <= expected_ms
 
 

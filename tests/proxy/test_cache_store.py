@@ -17,12 +17,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from proxy.cache_store import (
-    CLAIM_PREFIX,
-    ENTRY_PREFIX,
     CacheStore,
     CacheUnavailable,
     MemoryCacheStore,
     RedisCacheStore,
+    claim_key,
+    entry_key,
 )
 
 CACHE_REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -124,8 +124,8 @@ def test_redis_entry_and_claim_carry_their_expiry(cache_redis: redis.Redis, key:
     store = RedisCacheStore(cache_redis)
     store.put(key, b"x", 7)
     assert store.claim(key, 2.5) is not None
-    assert 6_000 < cache_redis.pttl(ENTRY_PREFIX + key) <= 7_000
-    assert 1_500 < cache_redis.pttl(CLAIM_PREFIX + key) <= 2_500
+    assert 6_000 < cache_redis.pttl(entry_key(key)) <= 7_000
+    assert 1_500 < cache_redis.pttl(claim_key(key)) <= 2_500
 
 
 def test_redis_outage_raises_cache_unavailable() -> None:
