@@ -142,8 +142,10 @@ def test_flagging_and_unflagging_from_the_conversation(page: Page, console_engin
             "says the sky is green",
             actor.name,
         )
-        entry = session.scalars(
-            select(AuditEntry).where(AuditEntry.target_id == str(flag.id))
+        entry = session.scalars(  # by this actor: another target kind may share the id
+            select(AuditEntry).where(
+                AuditEntry.target_id == str(flag.id), AuditEntry.actor == actor.name
+            )
         ).one()
         assert (entry.action, entry.actor) == ("flag.create", actor.name)
         stored = session.get(RequestRecord, record.id)
