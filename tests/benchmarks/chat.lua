@@ -1,11 +1,13 @@
 -- wrk script of tests/benchmarks/perf.py: OpenAI chat completions, every answer checked.
 --
---   wrk -s chat.lua URL -- MODE STREAM KEY MODEL NONCE
+--   wrk -s chat.lua URL -- MODE STREAM KEY MODEL NONCE [API]
 --
 -- MODE "unique": every request asks a question never asked before (cache misses);
 --      "same":   every request asks the same question (cache hits after the first).
 -- NONCE: a string of this run's own, so no two runs ask the same "unique" question.
 -- STREAM "1": stream=true, the answer must be an event stream ending in [DONE].
+-- API "responses": OpenAI Responses API bodies (URL .../v1/responses, not streamed);
+--     the answer must be a completed response with output. Default "chat".
 -- An answer counts as bad unless its status is 200 and its body is a complete chat
 -- completion. done() prints one line, "RESULT {json}", that perf.py reads.
 
@@ -18,6 +20,7 @@ end
 
 function init(args)
   mode, stream, key, model, nonce = args[1], args[2] == "1", args[3], args[4], args[5]
+  api = args[6] or "chat"
   n, bad, good, chunks = 0, 0, 0, 0
   headers = { ["Content-Type"] = "application/json" }
   if key ~= nil and key ~= "" and key ~= "-" then
@@ -27,6 +30,9 @@ function init(args)
 end
 
 function body_for(question)
+  if api == "responses" then
+    return '{"model":"' .. model .. '","input":"' .. question .. '","max_output_tokens":256}'
+  end
   local tail = ""
   if stream then tail = ',"stream":true' end
   return '{"model":"' .. model .. '","messages":[{"role":"user","content":"' .. question ..
@@ -49,6 +55,10 @@ function response(status, headers, body)
     for _ in body:gmatch('data: {"id"') do events = events + 1 end
     ok = events > 0 and body:find("data: [DONE]", 1, true) ~= nil
     if ok then chunks = chunks + events end
+  elseif ok and api == "responses" then
+    ok = body:find('"object":"response"', 1, true) ~= nil
+      and body:find('"status":"completed"', 1, true) ~= nil
+      and body:find('"output_text"', 1, true) ~= nil
   elseif ok then
     ok = body:find('"chat.completion"', 1, true) ~= nil and body:find('"content"', 1, true) ~= nil
   end

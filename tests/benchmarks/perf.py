@@ -70,6 +70,7 @@ BIN = Path(sys.executable).parent
 BENCH_DIR = REPO / ".bench"
 LITELLM_VENV = BENCH_DIR / "litellm-venv"
 LUA = Path(__file__).with_name("chat.lua")
+RESPONSES_CONCURRENCIES = (1, 8)
 REDIS_DB = 15  # the tests use 9-14
 REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 MODEL = "gpt-4o-mini"
@@ -390,12 +391,14 @@ def wrk(
     mode: str = "unique",
     stream: bool = False,
     timeout_seconds: int = 10,
+    api: str = "chat",
 ) -> Run:
     threads = min(concurrency, 2)
     command = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds:g}s"]
     command += ["--timeout", f"{timeout_seconds}s", "-s", str(LUA)]
-    command += [server.base_url + "/v1/chat/completions", "--", mode, "1" if stream else "0"]
-    command += [server.key, MODEL, uuid.uuid4().hex[:12]]
+    path = "/v1/responses" if api == "responses" else "/v1/chat/completions"
+    command += [server.base_url + path, "--", mode, "1" if stream else "0"]
+    command += [server.key, MODEL, uuid.uuid4().hex[:12], api]
     pids = server.pids()
     before = cpu_seconds(pids)
     out = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -554,6 +557,12 @@ def measure(
         for server in servers:
             results.add(server.name, "stream", 8, wrk(server, 8, seconds, stream=True))
         set_simulator(servers[0], token_delay_ms=0.0)
+        # The Responses API against chat completions: the same pipeline, another dialect.
+        for concurrency in RESPONSES_CONCURRENCIES:
+            for server in servers:
+                if server.name in ("direct", "metergate"):
+                    run = wrk(server, concurrency, seconds, api="responses")
+                    results.add(server.name, "responses", concurrency, run)
         metergate = next((s for s in servers if s.name == "metergate"), None)
         if metergate is not None:
             for concurrency in (1, 8):
@@ -656,6 +665,7 @@ def report(results: Results, names: list[str], rss: dict[str, float]) -> None:
             if direct_p50 is not None and name != "direct":
                 line += f"  overhead {p50 - direct_p50:+.2f}"
             print(line)
+    report_responses(results)
     floor = results.get("floor", "chat", 64)
     mine = results.get("metergate", "chat", 64)
     floor1 = results.get("floor", "chat", 1)
@@ -673,6 +683,32 @@ def report(results: Results, names: list[str], rss: dict[str, float]) -> None:
         print(f"  CPU per request at c=1: {cpu_ratio1:.2f} x the floor's (target <= 1.5)")
         rps_ratio = mine.median(lambda r: r.rps) / floor.median(lambda r: r.rps)
         print(f"  throughput at c=64: {rps_ratio:.0%} of the floor's (target >= 65%)")
+
+
+def report_responses(results: Results) -> None:
+    """metergate's overhead on /v1/responses next to its overhead on chat completions
+    (overhead: added p50 latency and added CPU per request, both over direct)."""
+    print()
+    print("/v1/responses vs /v1/chat/completions (metergate's overhead over direct)")
+    for concurrency in RESPONSES_CONCURRENCIES:
+        overheads = {}
+        for api in ("chat", "responses"):
+            mine = results.get("metergate", api, concurrency)
+            direct = results.get("direct", api, concurrency)
+            if mine is None or direct is None:
+                return
+            latency = mine.median(lambda r: r.p50_ms) - direct.median(lambda r: r.p50_ms)
+            cpu = mine.median(lambda r: r.cpu_ms_per_request) - direct.median(
+                lambda r: r.cpu_ms_per_request
+            )
+            overheads[api] = (latency, cpu, mine.bad())
+        (chat_ms, chat_cpu, _), (resp_ms, resp_cpu, bad) = overheads["chat"], overheads["responses"]
+        print(
+            f"  c={concurrency}: added p50 {resp_ms:.2f} ms (chat {chat_ms:.2f},"
+            f" {resp_ms / chat_ms - 1:+.0%}); added CPU {resp_cpu:.2f} ms/req"
+            f" (chat {chat_cpu:.2f}, {resp_cpu / chat_cpu - 1:+.0%}); bad {bad}"
+            "  (target: within 10%)"
+        )
 
 
 # -- realistic load -------------------------------------------------------------------------
