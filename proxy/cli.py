@@ -17,13 +17,16 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import accounts, audit, console_users, screening
+from shared import accounts, admin, audit, console_users, screening
 from shared.accounts import MODERATION_CHOICES, AccountError, Limits, TierPolicy
 from shared.body_storage import BODY_STORAGE_CHOICES
+from shared.console_users import Actor
 from shared.db import engine_for, transaction, upgrade
 from shared.keys import ENVIRONMENTS
 from shared.models import ApiKey, ModelPrice, Tenant, Tier, User
 from shared.settings import Settings
+
+CLI_ACTOR = Actor("cli", "admin")  # audit entries of shell commands
 
 
 @contextmanager
@@ -133,15 +136,7 @@ def tenant_create(name: str, monthly_usd: Decimal | None) -> None:
 def tenant_update(name: str, body_storage: str) -> None:
     """Change how a tenant's bodies are kept (applies to calls from now on)."""
     with _session() as session:
-        accounts.set_tenant_body_storage(session, name, body_storage)
-        audit.record(
-            session,
-            "cli",
-            "tenant.body_storage",
-            "tenant",
-            name,
-            after={"body_storage": body_storage},
-        )
+        admin.set_tenant_body_storage(session, CLI_ACTOR, name, body_storage)
         click.echo(f"tenant {name}: bodies kept {body_storage}", err=True)
 
 

@@ -262,6 +262,16 @@ def create_tenant(
     return tenant
 
 
+def set_tenant_body_storage(session: Session, actor: Actor, name: str, storage: str) -> Tenant:
+    """Keep this tenant's bodies in full, redacted or not at all, for calls from now on."""
+    require_role(actor, ADMIN)
+    before = {"body_storage": accounts.get_tenant(session, name).body_storage}
+    tenant = accounts.set_tenant_body_storage(session, name, storage)
+    after = {"body_storage": storage}
+    audit.record(session, actor, "tenant.body_storage", "tenant", name, before=before, after=after)
+    return tenant
+
+
 def create_user(session: Session, actor: Actor, email: str, tenant: str, tier: str) -> User:
     require_role(actor, ADMIN)
     email = email.strip()

@@ -148,6 +148,13 @@ class TenantCreate(Closed):
     monthly_usd: MoneyIn | None = None
 
 
+class TenantBodyStorage(Closed):
+    """How the tenant's request and response bodies are kept, for calls from now on:
+    in full (secrets redacted), redacted (the shape without the text) or not at all."""
+
+    body_storage: Literal["full", "redacted", "none"]
+
+
 class Tenant(BaseModel):
     id: int
     name: str

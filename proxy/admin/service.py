@@ -104,6 +104,14 @@ def create_tenant(engine: Engine, body: s.TenantCreate) -> s.Tenant:
         return _tenant(admin.create_tenant(session, ACTOR, body.name, body.monthly_usd))
 
 
+def set_tenant_body_storage(
+    engine: Engine, path: s.TenantPath, body: s.TenantBodyStorage
+) -> s.Tenant:
+    with transaction(engine) as session:
+        name = _get(session, Tenant, path.tenant_id).name
+        return _tenant(admin.set_tenant_body_storage(session, ACTOR, name, body.body_storage))
+
+
 # -- tiers ------------------------------------------------------------------------------
 
 

@@ -45,6 +45,15 @@ operation(
     tag="tenants",
     path_params=s.TenantPath,
 )(service.get_tenant)
+operation(
+    "PUT",
+    "/tenants/{tenant_id}/body-storage",
+    s.Tenant,
+    summary="Keep a tenant's bodies in full, redacted or not at all",
+    tag="tenants",
+    path_params=s.TenantPath,
+    body=s.TenantBodyStorage,
+)(service.set_tenant_body_storage)
 
 # -- tiers
 operation("GET", "/tiers", s.TierList, summary="List tiers", tag="tiers")(service.list_tiers)

@@ -210,6 +210,9 @@ def test_a_taken_name_is_a_conflict(admin: httpx2.Client) -> None:
         ("PUT", "/models/x-1", {"provider": "azure", "input_per_mtok": 1, "output_per_mtok": 1},
          400, "invalid_request", "provider"),
         ("PUT", "/caps/global", {"monthly_usd": -5}, 400, "invalid_request", "monthly_usd"),
+        ("PUT", "/tenants/1/body-storage", {"body_storage": "some"}, 400, "invalid_request",
+         "body_storage"),
+        ("PUT", "/tenants/0/body-storage", {"body_storage": "none"}, 404, "not_found", None),
         ("DELETE", "/tenants", None, 405, "method_not_allowed", None),
         ("GET", "/no-such-thing", None, 404, "not_found", None),
     ],
@@ -248,6 +251,22 @@ def test_caps_are_set_and_removed(admin: httpx2.Client, admin_proxy: ProxyServer
     assert caps["global_monthly_usd"] is None
     assert ok(admin.get("/caps")) == caps
     assert audit_actions(admin_proxy, "tenant", tenant["name"]) == ["tenant.create", "cap.tenant"]
+
+
+def test_a_tenants_body_storage_is_set_and_audited(
+    admin: httpx2.Client, admin_proxy: ProxyServer
+) -> None:
+    tenant = ok(admin.post("/tenants", json={"name": unique("t")}), 201)
+    assert tenant["body_storage"] == "full"
+
+    changed = ok(admin.put(f"/tenants/{tenant['id']}/body-storage", json={"body_storage": "none"}))
+
+    assert changed["body_storage"] == "none"
+    assert ok(admin.get(f"/tenants/{tenant['id']}"))["body_storage"] == "none"
+    assert audit_actions(admin_proxy, "tenant", tenant["name"]) == [
+        "tenant.create",
+        "tenant.body_storage",
+    ]
 
 
 def test_models_and_prices_are_saved(admin: httpx2.Client, admin_proxy: ProxyServer) -> None:

@@ -113,4 +113,5 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document(
     )
     report = result.stdout[-6000:] + result.stderr[-2000:]
     assert result.returncode == 0, report
-    assert "Operations:       26 selected / 26 total" in result.stdout, report
+    count = sum(len(item) for item in document["paths"].values())  # every one was run
+    assert f"Operations:       {count} selected / {count} total" in result.stdout, report
