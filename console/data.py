@@ -201,10 +201,11 @@ def tenants(engine: Engine) -> pd.DataFrame:
                 "name": t.name,
                 "monthly_usd": t.monthly_usd,
                 "users": counts.get(t.id, 0),
+                "body_storage": t.body_storage,
             }
             for t in session.scalars(select(Tenant).order_by(Tenant.name))
         ]
-    return _frame(rows, ["id", "name", "monthly_usd", "users"])
+    return _frame(rows, ["id", "name", "monthly_usd", "users", "body_storage"])
 
 
 @loader(CONFIG_TTL_SECONDS, is_config=True)

@@ -11,6 +11,7 @@ import streamlit as st
 from console import actions, data
 from console.auth import require_role
 from shared import admin
+from shared.body_storage import BODY_STORAGE_CHOICES
 
 actor = require_role("admin")
 month = data.this_month()
@@ -48,8 +49,9 @@ tenant_table["used"] = (tenant_table["spent_usd"] / tenant_table["monthly_usd"])
 st.dataframe(
     tenant_table,
     hide_index=True,
-    column_order=["name", "users", "tokens", "spent_usd", "monthly_usd", "used"],
+    column_order=["name", "users", "tokens", "spent_usd", "monthly_usd", "used", "body_storage"],
     column_config={
+        "body_storage": st.column_config.TextColumn("bodies kept"),
         "spent_usd": st.column_config.NumberColumn("spent", format="$%.4f"),
         "monthly_usd": st.column_config.NumberColumn("cap", format="$%.2f"),
         "used": share("of cap"),
@@ -71,7 +73,7 @@ st.dataframe(
     },
 )
 
-new_tenant, new_user, move_user = st.columns(3)
+new_tenant, new_user, move_user, bodies = st.columns(4)
 with new_tenant, st.form("new-tenant"):
     st.markdown("**New tenant**")
     tenant_name = st.text_input("Name", key="new-tenant-name")
@@ -109,5 +111,25 @@ with move_user, st.form("user-tier"):
             and actions.attempt(
                 f"Moved {who} to tier {to_tier}.", admin.set_user_tier, actor, who, to_tier
             )
+        ):
+            st.rerun()
+
+with bodies, st.form("tenant-bodies"):
+    st.markdown("**How a tenant's bodies are kept**")
+    which = st.selectbox("Tenant", tenants["name"].tolist(), key="bodies-tenant")
+    storage = st.selectbox(
+        "Bodies",
+        BODY_STORAGE_CHOICES,
+        key="bodies-storage",
+        help="full: as sent, secrets redacted; redacted: the shape without the text; "
+        "none: no bodies (the record's metadata is still kept). Applies to calls from now on.",
+    )
+    if st.form_submit_button("Save", key="save-bodies"):
+        if which is not None and actions.attempt(
+            f"Bodies of {which} now kept: {storage}.",
+            admin.set_tenant_body_storage,
+            actor,
+            which,
+            storage,
         ):
             st.rerun()

@@ -7,13 +7,14 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import openai
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from streamlit.testing.v1 import AppTest
 
 from shared import accounts
 from shared.accounts import Limits
 from shared.console_users import Actor
 from shared.db import transaction
+from shared.models import AuditEntry
 from tests.support import ProxyServer, seed_accounts
 
 ConsoleApp = Callable[[str], tuple[AppTest, Actor]]
@@ -68,6 +69,31 @@ def test_creating_a_tenant_and_a_user_and_moving_the_user(
         assert accounts.get_tenant(session, tenant).monthly_usd == 250
         user = accounts.get_user(session, email)
         assert (user.tenant.name, user.tier.name) == (tenant, other.tier)
+
+
+def test_an_admin_sets_how_a_tenants_bodies_are_kept(
+    console_app: ConsoleApp, console_engine: Engine
+) -> None:
+    acct = seed_accounts(console_engine)
+    at, actor = open_users(console_app)
+
+    at.selectbox(key="bodies-tenant").select(acct.tenant)
+    at.selectbox(key="bodies-storage").select("redacted")
+    at.button(key="save-bodies").click().run()
+
+    assert not at.error, at.error
+    with transaction(console_engine) as session:
+        assert accounts.get_tenant(session, acct.tenant).body_storage == "redacted"
+        entry = session.scalars(
+            select(AuditEntry).where(
+                AuditEntry.action == "tenant.body_storage", AuditEntry.target_id == acct.tenant
+            )
+        ).one()
+    assert (entry.actor, entry.before, entry.after) == (
+        actor.name,
+        {"body_storage": "full"},
+        {"body_storage": "redacted"},
+    )
 
 
 def test_a_user_without_an_email_address_is_refused(console_app: ConsoleApp) -> None:
