@@ -19,3 +19,9 @@ def records_engine(db_url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def engine(records_engine: Engine) -> Engine:
+    """The migrated database of this module's tests (on PostgreSQL and on SQLite)."""
+    return records_engine

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -13,7 +12,6 @@ from sqlalchemy import Engine
 
 from shared import analytics, end_users
 from shared.analytics import Filters, Labels, bucket_bounds, percentile
-from shared.db import make_engine, upgrade
 from shared.models import LATENCY_BUCKETS, LATENCY_EDGES_MS
 from shared.records import CallRecord, write_records
 from shared.rollup import as_utc, hour_of
@@ -27,16 +25,6 @@ METRIC_FIELDS = {
     "overhead": "overhead_ms",
     "ttft": "ttft_ms",
 }
-
-
-@pytest.fixture(scope="module")
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    built = make_engine(db_url)
-    try:
-        yield built
-    finally:
-        built.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -13,22 +12,12 @@ from sqlalchemy import Engine
 
 from shared import accounts
 from shared.billing import BillingPeriod, billing_csv, billing_rows, month_period
-from shared.db import make_engine, transaction, upgrade
+from shared.db import transaction
 from shared.records import write_records
 from tests.shared.usage_records import call
 from tests.support import seed_accounts
 
 MARCH = datetime(2033, 3, 1, tzinfo=UTC)
-
-
-@pytest.fixture()
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    built = make_engine(db_url)
-    try:
-        yield built
-    finally:
-        built.dispose()
 
 
 def test_month_period_is_the_calendar_month_in_utc() -> None:

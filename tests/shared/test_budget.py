@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -55,16 +54,6 @@ def test_forecast_adds_the_recent_daily_rate_for_the_rest_of_the_month(
 def test_forecast_window_is_at_least_an_hour() -> None:
     now = datetime(2032, 4, 30, 23, tzinfo=UTC)  # one hour left
     assert forecast_month_end(0.0, 2.0, now, now) == pytest.approx(2.0)
-
-
-@pytest.fixture()
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    built = make_engine(db_url)
-    try:
-        yield built
-    finally:
-        built.dispose()
 
 
 def test_month_forecast_reads_this_month_and_the_last_seven_days(engine: Engine) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -11,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from shared import accounts
 from shared.catalogue import SEED_MODELS, ModelEntry, seed_catalogue
-from shared.db import make_engine, transaction, upgrade
+from shared.db import transaction
 from shared.models import ModelPrice
 
 REQUIRED = {
@@ -23,16 +22,6 @@ REQUIRED = {
     "claude-haiku-4-5": "anthropic",
     "claude-3-5-haiku-latest": "anthropic",
 }
-
-
-@pytest.fixture(scope="module")
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def catalogue(engine: Engine) -> dict[str, ModelEntry]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -14,19 +13,9 @@ from sqlalchemy import Engine
 from shared import audit, console_users
 from shared.accounts import AccountError
 from shared.console_users import Actor, PermissionDenied, require_role
-from shared.db import make_engine, transaction, upgrade
+from shared.db import transaction
 
 PASSWORD = "a long enough password"
-
-
-@pytest.fixture(scope="module")
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def unique(prefix: str) -> str:

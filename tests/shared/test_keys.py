@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +12,7 @@ from sqlalchemy import Engine, select
 
 from shared import accounts
 from shared.accounts import AccountError, Limits
-from shared.db import make_engine, transaction, upgrade
+from shared.db import transaction
 from shared.keys import (
     DISPLAY_PREFIX_CHARS,
     KEY_PREFIX,
@@ -24,16 +23,6 @@ from shared.keys import (
     looks_like_key,
 )
 from shared.models import ApiKey
-
-
-@pytest.fixture(scope="module")
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture()

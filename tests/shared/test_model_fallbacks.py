@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -17,18 +16,8 @@ from proxy.cli import main
 from proxy.config_cache import ConfigCache
 from shared import accounts
 from shared.accounts import AccountError
-from shared.db import make_engine, transaction, upgrade
+from shared.db import transaction
 from shared.models import ModelPrice
-
-
-@pytest.fixture(scope="module")
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def add(engine: Engine, name: str, provider: str = "openai", **extra: Any) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -28,16 +27,6 @@ from shared.rollup import (
     rebuild,
 )
 from tests.shared.usage_records import call, fresh_owner, varied_records
-
-
-@pytest.fixture()
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    built = make_engine(db_url)
-    try:
-        yield built
-    finally:
-        built.dispose()
 
 
 def fresh_start() -> datetime:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from shared.db import make_engine, upgrade
 from shared.records import CallRecord, write_records
 from shared.usage import Spent, month_of, month_start, month_usage, next_month_start
 
@@ -43,16 +41,6 @@ def test_month_bounds(month: str, start: datetime, next_start: datetime) -> None
 def test_malformed_months_are_refused(month: str) -> None:
     with pytest.raises(ValueError):
         month_start(month)
-
-
-@pytest.fixture()
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    built = make_engine(db_url)
-    try:
-        yield built
-    finally:
-        built.dispose()
 
 
 def record(at: datetime, **values: Any) -> CallRecord:

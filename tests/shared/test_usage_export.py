@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,22 +18,12 @@ from sqlalchemy import Engine
 from proxy.cli import main
 from shared import accounts
 from shared.billing import BillingPeriod, month_period
-from shared.db import make_engine, transaction, upgrade
+from shared.db import transaction
 from shared.models import ApiKey
 from shared.records import write_records
 from shared.usage_export import meter_events, usage_csv, usage_rows
 from tests.shared.usage_records import call
 from tests.support import Accounts, seed_accounts
-
-
-@pytest.fixture()
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    built = make_engine(db_url)
-    try:
-        yield built
-    finally:
-        built.dispose()
 
 
 @pytest.fixture()
