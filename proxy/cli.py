@@ -906,12 +906,19 @@ def simulator(host: str, port: int, latency_ms: float, token_delay_ms: float) ->
 @main.command("demo")
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--requests", "request_count", default=300, show_default=True, type=int)
+@click.option("--console-port", default=8501, show_default=True, type=int)
 @click.option("--no-serve", is_flag=True, help="Exit after sending the traffic.")
-def demo(port: int, request_count: int, no_serve: bool) -> None:
-    """Embedded demo: seed accounts, send traffic through the proxy, keep serving."""
+def demo(port: int, request_count: int, console_port: int, no_serve: bool) -> None:
+    """Embedded demo: seed accounts, send traffic through the proxy, keep serving it and
+    the console."""
     from proxy.demo import run_demo
 
-    run_demo(port=port, request_count=request_count, keep_serving=not no_serve)
+    run_demo(
+        port=port,
+        request_count=request_count,
+        keep_serving=not no_serve,
+        console_port=console_port,
+    )
 
 
 if __name__ == "__main__":

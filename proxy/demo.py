@@ -2,12 +2,17 @@
 
 SQLite, in-process limits and cache, the simulated upstream in this process.
 Seeds two tenants, tiers, users and keys, sends a few hundred varied calls
-through the proxy with the real SDKs, then keeps serving.
+through the proxy with the real SDKs, then keeps serving the proxy and the
+console beside it (a ``demo`` admin with a fresh password each run, and the
+console's own key for replays).
 """
 
 from __future__ import annotations
 
+import os
 import random
+import secrets
+import subprocess
 import sys
 import threading
 from collections import Counter
@@ -26,7 +31,7 @@ from werkzeug.serving import make_server
 from proxy.app import create_app
 from proxy.server import QuietRequestHandler
 from proxy.simulator import SimulatorConfig, SimulatorThread
-from shared import accounts
+from shared import accounts, console_users
 from shared.accounts import AccountError, Limits
 from shared.db import engine_for, transaction, upgrade
 from shared.models import Tenant
@@ -42,6 +47,9 @@ DEMO_USERS = {
     "bob@acme.example": ("acme", "free"),
     "cy@globex.example": ("globex", "pro"),
 }
+# The console's own account: replays from the console are billed here, not to the user.
+CONSOLE_TENANT, CONSOLE_USER = "metergate-console", "replays@console.local"
+CONSOLE_ADMIN = "demo"
 QUESTIONS = [
     "What is the capital of France?",
     "Summarise the plot of Hamlet in two sentences.",
@@ -210,7 +218,7 @@ def _anthropic_job(
     return run
 
 
-def run_demo(*, port: int, request_count: int, keep_serving: bool) -> None:
+def run_demo(*, port: int, request_count: int, keep_serving: bool, console_port: int) -> None:
     simulator = SimulatorThread(SimulatorConfig(latency_ms=40, token_delay_ms=4)).start()
     settings = demo_settings().model_copy(
         update={
@@ -241,16 +249,59 @@ def run_demo(*, port: int, request_count: int, keep_serving: bool) -> None:
         app.extensions["metergate"].close()
         simulator.stop()
         return
-    click.echo("serving; open the console with `make console` in another terminal. Ctrl-C stops.")
+    console = start_console(settings, base_url, console_port)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
         click.echo("stopping", err=True)
     finally:
+        console.terminate()
+        console.wait(15)
         server.shutdown()
         app.extensions["metergate"].close()
         simulator.stop()
         sys.exit(0)
+
+
+def start_console(settings: Settings, proxy_url: str, port: int) -> subprocess.Popen[bytes]:
+    """``metergate serve console`` on the demo's database, replaying through the demo proxy
+    with the console's own key; prints where it is and how to sign in."""
+    password, console_key = console_accounts(settings)
+    env = {
+        **os.environ,
+        "METERGATE_DATABASE_URL": settings.effective_database_url,
+        "METERGATE_CONSOLE_PROXY_URL": proxy_url,
+        "METERGATE_CONSOLE_API_KEY": console_key,
+    }
+    command = [sys.executable, "-m", "proxy.cli", "serve", "console", "--port", str(port)]
+    console = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    click.echo(
+        f"console on http://127.0.0.1:{port}: sign in as {CONSOLE_ADMIN!r} with password"
+        f" {password!r} (new each run). Ctrl-C stops both."
+    )
+    return console
+
+
+def console_accounts(settings: Settings) -> tuple[str, str]:
+    """The ``demo`` console admin with a fresh password, and a fresh key of the console's
+    own account for replays. Returns (password, key)."""
+    password = secrets.token_urlsafe(12)
+    engine = engine_for(settings)
+    try:
+        with transaction(engine) as session:
+            admin = console_users.find_console_user(session, CONSOLE_ADMIN)
+            if admin is None:
+                console_users.create_console_user(session, CONSOLE_ADMIN, "admin", password)
+            else:
+                admin.password_hash = console_users.hash_password(password)
+                admin.role, admin.is_disabled = "admin", False
+            if session.scalar(select(Tenant).where(Tenant.name == CONSOLE_TENANT)) is None:
+                accounts.create_tenant(session, CONSOLE_TENANT)
+                accounts.create_user(session, CONSOLE_USER, CONSOLE_TENANT, "pro")
+            _, key = accounts.create_key(session, CONSOLE_USER, name="console", environment="dev")
+    finally:
+        engine.dispose()
+    return password, key
 
 
 def _snippet(base_url: str, key: str) -> str:
