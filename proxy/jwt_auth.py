@@ -39,9 +39,8 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jwt
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -51,6 +50,9 @@ from proxy.errors import AuthenticationFailed, GatewayError
 from shared.accounts import now_utc
 from shared.models import ApiKey, Tenant, Tier, User
 from shared.settings import Settings
+
+if TYPE_CHECKING:  # PyJWT and cryptography (~9 MiB) load only when tokens are on
+    import jwt
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,8 @@ class TokenAuth:
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims, once its signature, issuer, audience and times check out."""
+        import jwt
+
         rules = self.rules
         try:
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -204,6 +208,8 @@ class TokenAuth:
     def _signing_key(self, token: str) -> jwt.PyJWK:
         """The issuer's key named by the token's ``kid``; 401 when the issuer has none such,
         503 when its JWKS cannot be fetched or holds no usable signing key."""
+        import jwt
+
         if time.monotonic() - self._failed_at < FETCH_FAILURE_HOLD_SECONDS:
             raise _jwks_unavailable()
         try:
@@ -225,6 +231,8 @@ class TokenAuth:
         return _jwks_unavailable()
 
     def _client(self) -> jwt.PyJWKClient:
+        import jwt
+
         client = self._jwks
         if client is None:
             with self._lock:

@@ -12,16 +12,14 @@ event is passed through ``shared.redact`` (provider and gateway keys, bearer tok
 and stripped of the configured provider keys themselves, whatever their shape.
 
 ``sentry_sdk.init`` sets a process-wide client: it is called from ``create_app``, so
-under gunicorn each worker starts its own after the fork.
+under gunicorn each worker starts its own after the fork. The SDK (about 30 MiB with
+what it pulls in, gevent's modules among them) is imported only when a DSN is set.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any
-
-import sentry_sdk
-from sentry_sdk.integrations.flask import FlaskIntegration
 
 from shared.redact import redact
 from shared.settings import Settings
@@ -49,6 +47,9 @@ def init_sentry(settings: Settings) -> bool:
         if secret
     )
 
+    import sentry_sdk
+    from sentry_sdk.integrations.flask import FlaskIntegration
+
     def before_send(event: Any, hint: Any) -> Any:
         return scrub_event(event, secrets)
 
@@ -68,6 +69,8 @@ def init_sentry(settings: Settings) -> bool:
 def close_sentry(settings: Settings) -> None:
     """Send what is queued (worker exit, tests)."""
     if settings.sentry_dsn.get_secret_value():
+        import sentry_sdk
+
         sentry_sdk.flush(FLUSH_SECONDS)
 
 
