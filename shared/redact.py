@@ -22,6 +22,9 @@ from typing import Final
 
 # Key bodies must hold a digit: real keys always do, hyphenated words ("sk-learn-…") don't.
 _KEY_BODY: Final = r"(?=[A-Za-z0-9_\-]*\d)[A-Za-z0-9_\-]{16,}"
+# Except the gateway's own keys, whose shape is exact (``shared.keys``: 32 URL-safe base64
+# characters), digit or not: about one in 250 has none.
+_GATEWAY_KEY_BODY: Final = r"[A-Za-z0-9_\-]{32}(?![A-Za-z0-9_\-])"
 # The leading lookahead lets most positions fail on one character test; the branches run
 # only where a secret could start. Card numbers start with 2-6 (the issuers' ranges, and
 # not a millisecond clock) and open with four digits, as every card layout does.
@@ -29,7 +32,7 @@ _PATTERN: Final = re.compile(
     r"(?=[smAB2-6])(?:"
     rf"(?P<anthropic_key>\bsk-ant-{_KEY_BODY})"
     rf"|(?P<openai_key>\bsk-{_KEY_BODY})"
-    rf"|(?P<gateway_key>\bmg-{_KEY_BODY})"
+    rf"|(?P<gateway_key>\bmg-(?:{_GATEWAY_KEY_BODY}|{_KEY_BODY}))"
     r"|(?P<aws_access_key>\bA(?:KI|SI)A[0-9A-Z]{16}\b)"
     r"|(?P<bearer>\bBearer[ \t]+)(?P<bearer_token>[A-Za-z0-9\-._~+/]{8,}=*)"
     r"|(?P<card_number>(?<![\d\-])[2-6]\d{3}(?:[ \-]?\d){9,15}(?![\d\-]))"

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from shared.keys import generate_key
 from shared.redact import passes_luhn, redact
 
 SECRETS = [
@@ -11,6 +12,7 @@ SECRETS = [
     ("openai_key", "sk-0123456789abcdefABCDEF0123"),
     ("anthropic_key", "sk-ant-api03-Zx9_yW8-vU7tS6rQ5pO4nM3"),
     ("gateway_key", "mg-Q2w3E4r5T6y7U8i9O0p1A2s3D4f5G6h7"),
+    ("gateway_key", "mg--cPGfXesPg_JrFTtwQwErTyUiOpAsDfG"),  # no digit, as ~1 key in 250
     ("aws_access_key", "AKIAIOSFODNN7EXAMPLE"),
     ("aws_access_key", "ASIAY34FZKBOKMUTVV7A"),
     ("card_number", "4111111111111111"),
@@ -24,6 +26,13 @@ SECRETS = [
 def test_redact_replaces_each_secret_kind_with_its_marker(kind: str, secret: str) -> None:
     text = f"here it is: {secret}, keep it safe"
     assert redact(text) == f"here it is: [REDACTED:{kind}], keep it safe"
+
+
+def test_every_gateway_key_shape_is_redacted() -> None:
+    """Whatever characters a generated key draws (digits or none, leading '-' or '_')."""
+    for _ in range(5_000):
+        secret = generate_key().secret
+        assert redact(f"key={secret};") == "key=[REDACTED:gateway_key];", secret
 
 
 def test_redact_keeps_the_bearer_word_and_drops_the_token() -> None:
