@@ -1,12 +1,11 @@
-"""Where cached answers live: Redis when configured, else a bounded in-process LRU.
+"""Where cached answers live: Redis (shared by every process) or in process (embedded).
 
-Both stores speak one small protocol: ``get`` / ``put`` an entry with a TTL, and
-``claim`` / ``release`` / ``wait`` for single flight (the first caller of a missing
-key claims it and asks upstream; the others wait until it stored its answer or
-gave up). A claim expires by itself, so a crashed leader blocks nobody for longer
-than the hold it asked for. The hot path uses the two combined steps, one Redis
-round trip each: ``get_or_claim`` (the entry, else the claim) and ``put_and_release``
-(store the answer, end the claim).
+Both stores keep one contract, two steps of one Redis round trip each on the hot
+path: ``get_or_claim`` (the entry; else, atomically, the single-flight claim on the
+missing key) and ``put_and_release`` (store the answer, end the claim), plus ``wait``
+for the callers that found another one's claim (until it stored its answer or gave
+up). A claim expires by itself, so a crashed leader blocks nobody for longer than the
+hold it asked for.
 
 Failures of the store raise ``CacheUnavailable``; the cache treats them as misses.
 """
@@ -42,13 +41,6 @@ FIRST_POLL_SECONDS = 0.005
 MAX_POLL_SECONDS = 0.05
 
 # Delete the claim only if it is still ours (it may have expired and been re-taken).
-_RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
 # KEYS: entry, claim. ARGV: token, hold ms (0: only read). The entry, atomically with the
 # claim on a miss, so no leader can store and release between the two.
 # Returns {1, entry}, {2} claimed, {3} another caller holds the claim, {0} a plain miss.
@@ -84,32 +76,20 @@ class CacheUnavailable(Exception):
 
 
 class CacheStore(Protocol):
-    def get(self, key: str) -> bytes | None:
-        """The stored entry, or None when absent or expired."""
-        ...
-
-    def put(self, key: str, value: bytes, ttl_seconds: int) -> None: ...
-
-    def claim(self, key: str, hold_seconds: float) -> str | None:
-        """Become the one caller answering ``key``: a token, or None if another holds it."""
-        ...
-
-    def release(self, key: str, token: str) -> None:
-        """End the claim ``token`` holds (a no-op once it expired or was re-taken)."""
-        ...
-
     def wait(self, key: str, timeout_seconds: float) -> bytes | None:
         """Wait until ``key`` is stored or its claim ends; the entry, or None."""
         ...
 
     def get_or_claim(self, key: str, hold_seconds: float | None) -> Found:
-        """The entry; else, when ``hold_seconds`` is given, the claim on it (atomically)."""
+        """The entry; else, when ``hold_seconds`` is given, the claim on it (atomically):
+        a token, or neither when another caller holds it."""
         ...
 
     def put_and_release(
         self, key: str, value: bytes | None, ttl_seconds: int, token: str | None
     ) -> None:
-        """Store ``value`` (if any) and end the claim ``token`` (if any), in one step."""
+        """Store ``value`` (if any) and end the claim ``token`` (if any), in one step;
+        ending a claim that expired or was re-taken is a no-op."""
         ...
 
 
@@ -118,7 +98,6 @@ class RedisCacheStore:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._release = redis.register_script(_RELEASE_SCRIPT)
         self._get_or_claim = redis.register_script(_GET_OR_CLAIM_SCRIPT)
         self._put_and_release = redis.register_script(_PUT_AND_RELEASE_SCRIPT)
 
@@ -148,34 +127,6 @@ class RedisCacheStore:
             )
         except RedisError as exc:
             raise CacheUnavailable(f"put failed: {type(exc).__name__}") from exc
-
-    def get(self, key: str) -> bytes | None:
-        try:
-            value = self._redis.get(entry_key(key))
-        except RedisError as exc:
-            raise CacheUnavailable(f"get failed: {type(exc).__name__}") from exc
-        return value if isinstance(value, bytes) else None
-
-    def put(self, key: str, value: bytes, ttl_seconds: int) -> None:
-        try:
-            self._redis.set(entry_key(key), value, px=ttl_seconds * 1000)
-        except RedisError as exc:
-            raise CacheUnavailable(f"put failed: {type(exc).__name__}") from exc
-
-    def claim(self, key: str, hold_seconds: float) -> str | None:
-        token = secrets.token_hex(8)
-        hold_ms = max(1, int(hold_seconds * 1000))
-        try:
-            is_claimed = self._redis.set(claim_key(key), token, nx=True, px=hold_ms)
-        except RedisError as exc:
-            raise CacheUnavailable(f"claim failed: {type(exc).__name__}") from exc
-        return token if is_claimed else None
-
-    def release(self, key: str, token: str) -> None:
-        try:
-            self._release(keys=[claim_key(key)], args=[token])
-        except RedisError as exc:
-            raise CacheUnavailable(f"release failed: {type(exc).__name__}") from exc
 
     def wait(self, key: str, timeout_seconds: float) -> bytes | None:
         deadline = time.monotonic() + timeout_seconds
@@ -225,7 +176,7 @@ class MemoryCacheStore:
     def size_bytes(self) -> int:
         return self._size
 
-    def get(self, key: str) -> bytes | None:
+    def _get(self, key: str) -> bytes | None:
         with self._lock:
             item = self._entries.get(key)
             if item is None:
@@ -237,7 +188,7 @@ class MemoryCacheStore:
             self._entries.move_to_end(key)
             return value
 
-    def put(self, key: str, value: bytes, ttl_seconds: int) -> None:
+    def _put(self, key: str, value: bytes, ttl_seconds: int) -> None:
         if len(value) > self._max_bytes or ttl_seconds <= 0:
             return
         with self._lock:
@@ -247,7 +198,7 @@ class MemoryCacheStore:
             while self._size > self._max_bytes:
                 self._drop(next(iter(self._entries)))
 
-    def claim(self, key: str, hold_seconds: float) -> str | None:
+    def _claim(self, key: str, hold_seconds: float) -> str | None:
         now = self._clock()
         with self._lock:
             flight = self._flights.get(key)
@@ -259,7 +210,7 @@ class MemoryCacheStore:
             self._flights[key] = _Flight(token, now + hold_seconds)
             return token
 
-    def release(self, key: str, token: str) -> None:
+    def _release(self, key: str, token: str) -> None:
         with self._lock:
             flight = self._flights.get(key)
             if flight is None or flight.token != token:
@@ -268,16 +219,16 @@ class MemoryCacheStore:
         flight.done.set()
 
     def get_or_claim(self, key: str, hold_seconds: float | None) -> Found:
-        value = self.get(key)
+        value = self._get(key)
         if value is not None or hold_seconds is None:
             return Found(value=value)
-        token = self.claim(key, hold_seconds)
+        token = self._claim(key, hold_seconds)
         if token is None:
             return Found()
         # The leader before us may have stored and released between our get and claim.
-        value = self.get(key)
+        value = self._get(key)
         if value is not None:
-            self.release(key, token)
+            self._release(key, token)
             return Found(value=value)
         return Found(token=token)
 
@@ -285,9 +236,9 @@ class MemoryCacheStore:
         self, key: str, value: bytes | None, ttl_seconds: int, token: str | None
     ) -> None:
         if value is not None:
-            self.put(key, value, ttl_seconds)
+            self._put(key, value, ttl_seconds)
         if token is not None:
-            self.release(key, token)
+            self._release(key, token)
 
     def wait(self, key: str, timeout_seconds: float) -> bytes | None:
         with self._lock:
@@ -295,7 +246,7 @@ class MemoryCacheStore:
         if flight is not None:
             hold = max(0.0, flight.expires_at - self._clock())
             flight.done.wait(min(timeout_seconds, hold))
-        return self.get(key)
+        return self._get(key)
 
     def _drop(self, key: str) -> None:
         item = self._entries.pop(key, None)

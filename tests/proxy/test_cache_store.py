@@ -1,4 +1,5 @@
-"""Both cache stores keep one contract: entries with a TTL, and single-flight claims.
+"""Both cache stores keep one contract: entries with a TTL, and single-flight claims,
+through the two steps the cache takes (``get_or_claim``, ``put_and_release``) and ``wait``.
 
 The Redis store runs on a real Redis (database 12, emptied before and after);
 the in-process store on a clock the tests move by hand.
@@ -59,61 +60,79 @@ def key() -> str:
     return uuid.uuid4().hex
 
 
+def get(store: CacheStore, key: str) -> bytes | None:
+    """Read only: no claim asked for."""
+    return store.get_or_claim(key, None).value
+
+
+def put(store: CacheStore, key: str, value: bytes, ttl_seconds: int) -> None:
+    store.put_and_release(key, value, ttl_seconds, None)
+
+
+def claim(store: CacheStore, key: str, hold_seconds: float) -> str | None:
+    found = store.get_or_claim(key, hold_seconds)
+    assert found.value is None, "a claim is only taken on a miss"
+    return found.token
+
+
+def release(store: CacheStore, key: str, token: str) -> None:
+    store.put_and_release(key, None, 0, token)
+
+
 def test_put_then_get(store: CacheStore, key: str) -> None:
-    assert store.get(key) is None
-    store.put(key, b"answer", 60)
-    assert store.get(key) == b"answer"
+    assert get(store, key) is None
+    put(store, key, b"answer", 60)
+    assert get(store, key) == b"answer"
 
 
 def test_only_one_caller_claims_a_key_until_it_releases(store: CacheStore, key: str) -> None:
-    token = store.claim(key, 30)
+    token = claim(store, key, 30)
     assert token is not None
-    assert store.claim(key, 30) is None
-    store.release(key, "not-the-token")
-    assert store.claim(key, 30) is None
-    store.release(key, token)
-    assert store.claim(key, 30) is not None
+    assert claim(store, key, 30) is None
+    release(store, key, "not-the-token")
+    assert claim(store, key, 30) is None
+    release(store, key, token)
+    assert claim(store, key, 30) is not None
 
 
 def test_concurrent_claims_have_one_winner(store: CacheStore, key: str) -> None:
     barrier = threading.Barrier(8)
 
-    def claim(_: int) -> str | None:
+    def take(_: int) -> str | None:
         barrier.wait()
-        return store.claim(key, 30)
+        return claim(store, key, 30)
 
     with ThreadPoolExecutor(8) as pool:
-        tokens = list(pool.map(claim, range(8)))
+        tokens = list(pool.map(take, range(8)))
     assert sum(token is not None for token in tokens) == 1
 
 
 def test_wait_returns_the_entry_the_leader_stores(store: CacheStore, key: str) -> None:
-    token = store.claim(key, 30)
+    token = claim(store, key, 30)
     assert token is not None
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(store.wait, key, 10)
-        store.put(key, b"the answer", 60)
-        store.release(key, token)
+        store.put_and_release(key, b"the answer", 60, token)
         assert waiting.result(timeout=10) == b"the answer"
 
 
 def test_wait_returns_none_when_the_leader_gives_up(store: CacheStore, key: str) -> None:
-    token = store.claim(key, 30)
+    token = claim(store, key, 30)
     assert token is not None
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(store.wait, key, 10)
-        store.release(key, token)
+        release(store, key, token)
         assert waiting.result(timeout=10) is None
 
 
 def test_wait_is_bounded(store: CacheStore, key: str) -> None:
-    assert store.claim(key, 30) is not None
+    assert claim(store, key, 30) is not None
     assert store.wait(key, 0.05) is None
 
 
 def test_wait_without_a_claim_returns_at_once(store: CacheStore, key: str) -> None:
     assert store.wait(key, 30) is None
-    store.put(key, b"x", 60)
+    put(store, key, b"x", 60)
     assert store.wait(key, 30) == b"x"
 
 
@@ -122,8 +141,9 @@ def test_wait_without_a_claim_returns_at_once(store: CacheStore, key: str) -> No
 
 def test_redis_entry_and_claim_carry_their_expiry(cache_redis: redis.Redis, key: str) -> None:
     store = RedisCacheStore(cache_redis)
-    store.put(key, b"x", 7)
-    assert store.claim(key, 2.5) is not None
+    token = claim(store, key, 2.5)
+    assert token is not None
+    put(store, key, b"x", 7)  # stored, the claim kept
     assert 6_000 < cache_redis.pttl(entry_key(key)) <= 7_000
     assert 1_500 < cache_redis.pttl(claim_key(key)) <= 2_500
 
@@ -132,11 +152,13 @@ def test_redis_outage_raises_cache_unavailable() -> None:
     dead = redis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
     store = RedisCacheStore(dead)
     with pytest.raises(CacheUnavailable):
-        store.get("k")
+        get(store, "k")
     with pytest.raises(CacheUnavailable):
-        store.put("k", b"v", 1)
+        put(store, "k", b"v", 1)
     with pytest.raises(CacheUnavailable):
-        store.claim("k", 1)
+        claim(store, "k", 1)
+    with pytest.raises(CacheUnavailable):
+        store.wait("k", 1)
     dead.close()
 
 
@@ -146,34 +168,34 @@ def test_redis_outage_raises_cache_unavailable() -> None:
 def test_memory_entries_expire_with_their_ttl() -> None:
     clock = Clock()
     store = MemoryCacheStore(1 << 20, clock=clock)
-    store.put("k", b"v", 5)
+    put(store, "k", b"v", 5)
     clock.now += 4.9
-    assert store.get("k") == b"v"
+    assert get(store, "k") == b"v"
     clock.now += 0.2
-    assert store.get("k") is None
+    assert get(store, "k") is None
     assert store.size_bytes == 0
 
 
 def test_memory_store_evicts_least_recently_used_beyond_its_size() -> None:
     store = MemoryCacheStore(30)
-    store.put("a", b"x" * 10, 60)
-    store.put("b", b"x" * 10, 60)
-    store.put("c", b"x" * 10, 60)
-    assert store.get("a") is not None  # a is now the most recently used
-    store.put("d", b"x" * 10, 60)
-    assert [store.get(k) is not None for k in "abcd"] == [True, False, True, True]
+    put(store, "a", b"x" * 10, 60)
+    put(store, "b", b"x" * 10, 60)
+    put(store, "c", b"x" * 10, 60)
+    assert get(store, "a") is not None  # a is now the most recently used
+    put(store, "d", b"x" * 10, 60)
+    assert [get(store, k) is not None for k in "abcd"] == [True, False, True, True]
     assert store.size_bytes == 30
-    store.put("huge", b"x" * 31, 60)  # larger than the whole store: not kept
-    assert store.get("huge") is None and store.size_bytes == 30
+    put(store, "huge", b"x" * 31, 60)  # larger than the whole store: not kept
+    assert get(store, "huge") is None and store.size_bytes == 30
 
 
 def test_memory_claim_expires_and_can_be_taken_again() -> None:
     clock = Clock()
     store = MemoryCacheStore(1 << 20, clock=clock)
-    stale = store.claim("k", 2)
+    stale = claim(store, "k", 2)
     assert stale is not None
     clock.now += 2.1
-    fresh = store.claim("k", 2)
+    fresh = claim(store, "k", 2)
     assert fresh is not None
-    store.release("k", stale)  # the expired holder cannot end the new claim
-    assert store.claim("k", 2) is None
+    release(store, "k", stale)  # the expired holder cannot end the new claim
+    assert claim(store, "k", 2) is None
