@@ -52,23 +52,7 @@ def upgrade() -> None:
 
 def _partition_postgresql() -> None:
     bind = op.get_bind()
-    indexes = {
-        table: bind.execute(
-            sa.text(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = :table "
-                "AND indexname NOT LIKE 'pk_%'"
-            ),
-            {"table": table},
-        ).all()
-        for table in ("request_records", "request_bodies")
-    }
-    search_expression = bind.execute(
-        sa.text(
-            "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
-            "JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
-            "WHERE d.adrelid = 'request_bodies'::regclass AND a.attname = 'search_document'"
-        )
-    ).scalar()
+    indexes, search_expression = _log_indexes(bind), _search_expression(bind)
     oldest = bind.execute(sa.text("SELECT min(created_at) FROM request_records")).scalar()
     for table in ("request_records", "request_bodies"):
         op.execute(f"ALTER TABLE {table} RENAME TO {table}_before_0005")
@@ -136,23 +120,7 @@ def downgrade() -> None:
 
 def _unpartition_postgresql() -> None:
     bind = op.get_bind()
-    indexes = {
-        table: bind.execute(
-            sa.text(
-                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = :table "
-                "AND indexname NOT LIKE 'pk_%'"
-            ),
-            {"table": table},
-        ).all()
-        for table in ("request_records", "request_bodies")
-    }
-    search_expression = bind.execute(
-        sa.text(
-            "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
-            "JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
-            "WHERE d.adrelid = 'request_bodies'::regclass AND a.attname = 'search_document'"
-        )
-    ).scalar()
+    indexes, search_expression = _log_indexes(bind), _search_expression(bind)
     for table in ("request_records", "request_bodies"):
         op.execute(f"ALTER TABLE {table} RENAME TO {table}_partitioned")
     op.execute("CREATE TABLE request_records (LIKE request_records_partitioned INCLUDING DEFAULTS)")
@@ -190,3 +158,31 @@ def _on_table(definition: str, table: str) -> str:
     for written in (f" ON ONLY public.{table} ", f" ON public.{table} "):
         definition = definition.replace(written, f" ON {table} ")
     return definition
+
+
+def _log_indexes(bind: sa.engine.Connection) -> dict[str, list[tuple[str, str]]]:
+    """Each log table's indexes (but its primary key) as (name, definition), to rebuild."""
+    return {
+        table: [
+            (name, definition)
+            for name, definition in bind.execute(
+                sa.text(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = :table "
+                    "AND indexname NOT LIKE 'pk_%'"
+                ),
+                {"table": table},
+            ).all()
+        ]
+        for table in ("request_records", "request_bodies")
+    }
+
+
+def _search_expression(bind: sa.engine.Connection) -> str | None:
+    """The expression of request_bodies' generated search_document column (0004), if any."""
+    return bind.execute(
+        sa.text(
+            "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
+            "JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+            "WHERE d.adrelid = 'request_bodies'::regclass AND a.attname = 'search_document'"
+        )
+    ).scalar()
