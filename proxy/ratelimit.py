@@ -334,9 +334,7 @@ class RateLimits:
                 return False, Window(item.amount, 0, 0.0)
             return True, self._request_window(item, ids)
         is_hit, start, count = self._pipelined.hit_requests(item, ids)
-        remaining = item.amount - count
-        reset = start + item.get_expiry() - self._clock() if remaining < item.amount else 0.0
-        return is_hit, Window(item.amount, remaining, max(0.0, reset))
+        return is_hit, self._moving_window(item, item.amount - count, start + item.get_expiry())
 
     def _hit_tokens(
         self, item: RateLimitItem, ids: tuple[str, ...], tokens: int
@@ -350,8 +348,12 @@ class RateLimits:
 
     def _request_window(self, item: RateLimitItem, ids: tuple[str, ...]) -> Window:
         stats = self._requests.get_window_stats(item, *ids)
-        reset = stats.reset_time - self._clock() if stats.remaining < item.amount else 0.0
-        return Window(item.amount, stats.remaining, max(0.0, reset))
+        return self._moving_window(item, stats.remaining, stats.reset_time)
+
+    def _moving_window(self, item: RateLimitItem, remaining: int, reset_at: float) -> Window:
+        """The x-ratelimit-*-requests figures: no reset while the window is untouched."""
+        reset = reset_at - self._clock() if remaining < item.amount else 0.0
+        return Window(item.amount, remaining, max(0.0, reset))
 
     def _sliding(self, item: RateLimitItem, ids: tuple[str, ...]) -> Sliding:
         storage = cast(SlidingWindowCounterSupport, self._tokens.storage)
