@@ -29,7 +29,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from shared.records import CallRecord, write_records
+from shared.records import CallRecord, prepare_writes, write_records
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,11 @@ class RecordWriter:
     # -- writer thread -------------------------------------------------------------
 
     def _run(self) -> None:
+        if self._write is write_records:
+            try:
+                prepare_writes(self._engine)
+            except Exception:  # built at the first batch instead
+                log.exception("event=record_writer_prepare_failed")
         while True:
             batch, marks, stop = self._take_batch()
             try:

@@ -38,6 +38,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Insert,
+    Select,
     Table,
     case,
     cast,
@@ -267,7 +268,13 @@ def _upsert(dialect: str, rollup: Rollup) -> Insert:
         statement = sqlite.insert(rollup.table)
     else:
         raise NotImplementedError(f"unsupported database dialect {dialect}")
-    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=list(rollup.key_columns), set_=_added_sums(rollup, statement.excluded)
+    )
+
+
+def _added_sums(rollup: Rollup, excluded: Any) -> dict[str, ColumnElement[Any]]:
+    """Each sum column set to its old value plus the new row's (a NULL counts as zero)."""
     updates: dict[str, ColumnElement[Any]] = {}
     for column in rollup.table.columns:
         if column.name in rollup.key_columns:
@@ -277,7 +284,28 @@ def _upsert(dialect: str, rollup: Rollup) -> Insert:
             updates[column.name] = func.nullif(total, _ZERO)
         else:
             updates[column.name] = column + excluded[column.name]
-    return statement.on_conflict_do_update(index_elements=list(rollup.key_columns), set_=updates)
+    return updates
+
+
+@cache
+def staged_upsert_sql(rollup: Rollup, staged: Table) -> str:
+    """PostgreSQL: one statement that adds every record in ``staged`` to ``rollup``.
+
+    ``staged`` has ``request_records``' columns and holds only records just inserted
+    (``shared.records`` stages a batch in a temporary table). The sums are taken in SQL,
+    the same expressions ``rebuild`` uses, and the rows are upserted in key order (so
+    that concurrent writers lock rollup rows in the same order and cannot deadlock).
+    The text has no parameters: the driver sends it as is, with nothing to convert.
+    """
+    grouped = _grouped("postgresql", rollup, staged, None)
+    keys = list(grouped.selected_columns)[: len(rollup.key_columns)]
+    names = [column.name for column in grouped.selected_columns]
+    statement = postgresql.insert(rollup.table).from_select(names, grouped.order_by(*keys))
+    statement = statement.on_conflict_do_update(
+        index_elements=list(rollup.key_columns), set_=_added_sums(rollup, statement.excluded)
+    )
+    dialect: Any = postgresql.dialect()  # type: ignore[no-untyped-call]
+    return str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
 
 # -- rebuilding from the raw records ----------------------------------------------------
@@ -327,14 +355,15 @@ def backfill_if_empty(engine: Engine) -> bool:
     return True
 
 
-_record = RequestRecord.__table__.c
+_RECORDS: Table = RequestRecord.__table__  # type: ignore[assignment]
 
 
-def _truncated(dialect: str, grain: str) -> ColumnElement[Any]:
+def _truncated(dialect: str, grain: str, records: Table) -> ColumnElement[Any]:
+    created_at = records.c.created_at
     if dialect == "postgresql":
-        return func.date_trunc(grain, _record.created_at, "UTC", type_=DateTime(timezone=True))
+        return func.date_trunc(grain, created_at, "UTC", type_=DateTime(timezone=True))
     if dialect == "sqlite":
-        return func.strftime(_SQLITE_FORMATS[grain], _record.created_at)
+        return func.strftime(_SQLITE_FORMATS[grain], created_at)
     raise NotImplementedError(f"unsupported database dialect {dialect}")
 
 
@@ -348,53 +377,55 @@ def _bucket(dialect: str, column: ColumnElement[Any]) -> ColumnElement[Any]:
     return case(*whens, else_=len(LATENCY_EDGES_MS))
 
 
-def _sql_key(name: str) -> ColumnElement[Any]:
+def _sql_key(name: str, records: Table) -> ColumnElement[Any]:
     """A rollup key from a record, as ``_KEY_VALUES`` computes it."""
+    record = records.c
     if name == "error_code":
         return case(
-            (func.coalesce(_record.error_code, "") != "", _record.error_code),
-            (_record.status >= 400, literal("http_") + cast(_record.status, SqlString)),
+            (func.coalesce(record.error_code, "") != "", record.error_code),
+            (record.status >= 400, literal("http_") + cast(record.status, SqlString)),
             else_="",
         )
     default = 0 if name.endswith("_id") else ""
-    return func.coalesce(_record[name], default)
+    return func.coalesce(record[name], default)
 
 
-def _per_record_sums() -> list[ColumnElement[Any]]:
+def _per_record_sums(records: Table) -> list[ColumnElement[Any]]:
     """Each record's contribution to the sums, mirroring ``_Sums.add``."""
-    hit = _record.is_cached
+    record = records.c
+    hit = record.is_cached
     return [
         literal(1).label("requests"),
-        case((_record.status >= 400, 1), else_=0).label("errors"),
+        case((record.status >= 400, 1), else_=0).label("errors"),
         case((hit, 1), else_=0).label("cache_hits"),
-        case((hit, 0), else_=_record.prompt_tokens).label("prompt_tokens"),
-        case((hit, 0), else_=_record.completion_tokens).label("completion_tokens"),
-        case((hit, 0), else_=_record.cache_read_tokens).label("cache_read_tokens"),
-        case((hit, 0), else_=_record.cache_write_tokens).label("cache_write_tokens"),
-        case((hit, _record.prompt_tokens + _record.completion_tokens), else_=0).label(
+        case((hit, 0), else_=record.prompt_tokens).label("prompt_tokens"),
+        case((hit, 0), else_=record.completion_tokens).label("completion_tokens"),
+        case((hit, 0), else_=record.cache_read_tokens).label("cache_read_tokens"),
+        case((hit, 0), else_=record.cache_write_tokens).label("cache_write_tokens"),
+        case((hit, record.prompt_tokens + record.completion_tokens), else_=0).label(
             "cache_hit_tokens"
         ),
-        _record.cost_usd.label("cost_usd"),
-        case((hit, _record.cache_saved_usd), else_=0).label("response_cache_saved_usd"),
-        case((hit, 0), else_=_record.cache_saved_usd).label("prompt_cache_saved_usd"),
+        record.cost_usd.label("cost_usd"),
+        case((hit, record.cache_saved_usd), else_=0).label("response_cache_saved_usd"),
+        case((hit, 0), else_=record.cache_saved_usd).label("prompt_cache_saved_usd"),
     ]
 
 
-def _rebuild(dialect: str, rollup: Rollup, since: datetime | None) -> Insert:
-    """INSERT INTO the rollup SELECT its sums from the records created from ``since``."""
+def _grouped(dialect: str, rollup: Rollup, records: Table, since: datetime | None) -> Select[Any]:
+    """The rollup's rows, summed in SQL from ``records`` created from ``since``."""
     per_record_columns = [
-        _truncated(dialect, rollup.grain).label(rollup.grain),
-        *(_sql_key(name).label(name) for name in rollup.keys),
-        *_per_record_sums(),
+        _truncated(dialect, rollup.grain, records).label(rollup.grain),
+        *(_sql_key(name, records).label(name) for name in rollup.keys),
+        *_per_record_sums(records),
     ]
     if rollup.has_latencies:
         per_record_columns += [
-            _bucket(dialect, _record[source]).label(f"b_{metric}")
+            _bucket(dialect, records.c[source]).label(f"b_{metric}")
             for metric, source in METRIC_SOURCES.items()
         ]
     per_record = select(*per_record_columns)
     if since is not None:
-        per_record = per_record.where(_record.created_at >= since)
+        per_record = per_record.where(records.c.created_at >= since)
     # OFFSET 0 keeps the planner from inlining the bucket expressions into every sum.
     rows = per_record.offset(0).subquery("per_record")
     sums = [func.sum(rows.c[name]).label(name) for name in SUM_COLUMNS]
@@ -407,5 +438,10 @@ def _rebuild(dialect: str, rollup: Rollup, since: datetime | None) -> Insert:
             for bucket in range(LATENCY_BUCKETS)
         ]
     keys = [rows.c[name] for name in rollup.key_columns]
-    grouped = select(*keys, *sums).group_by(*keys)
+    return select(*keys, *sums).group_by(*keys)
+
+
+def _rebuild(dialect: str, rollup: Rollup, since: datetime | None) -> Insert:
+    """INSERT INTO the rollup SELECT its sums from the records created from ``since``."""
+    grouped = _grouped(dialect, rollup, _RECORDS, since)
     return rollup.table.insert().from_select([c.name for c in grouped.selected_columns], grouped)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import openai
@@ -151,3 +152,43 @@ def test_record_with_oversized_and_nul_fields_is_written(db_url: str) -> None:
         model = connection.scalar(select(RequestRecord.model).where(RequestRecord.id == record.id))
     engine.dispose()
     assert model == "m" * 200
+
+
+def test_every_kind_of_value_is_written_as_it_was_recorded(db_url: str) -> None:
+    """Tabs, newlines, backslashes, quotes, non-ASCII text, JSON, decimals and NULLs reach
+    SQL unchanged (on PostgreSQL a batch is COPY'd through staging tables)."""
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    awkward = 'tab\there\nnew line \\N back\\slash "quoted" \u00e9\u4e2d\U0001f600 \\.'
+    attempts = [{"model": "gpt-4o-mini", "status": 500, "note": awkward, "seconds": 0.25}]
+    record = _record(
+        error_message=awkward,
+        user_agent=awkward,
+        attempts=attempts,
+        cost_usd=Decimal("0.00012345"),
+        request_body=awkward,
+        response_body=None,
+        upstream_latency_ms=None,
+        ttft_ms=12.5,
+        output_valid=False,
+    )
+    try:
+        write_records(engine, [record])
+        with engine.connect() as connection:
+            row = connection.execute(
+                select(RequestRecord).where(RequestRecord.id == record.id)
+            ).one()
+            body = connection.execute(
+                select(RequestBody).where(RequestBody.record_id == record.id)
+            ).one()
+    finally:
+        engine.dispose()
+    assert row.error_message == awkward
+    assert row.user_agent == awkward
+    assert row.attempts == attempts
+    assert row.cost_usd == Decimal("0.00012345")
+    assert row.upstream_latency_ms is None
+    assert row.ttft_ms == 12.5
+    assert row.output_valid is False
+    assert body.request_body == awkward
+    assert body.response_body is None
