@@ -34,6 +34,7 @@ from redis import Redis
 from proxy.cache_store import CacheStore, CacheUnavailable, MemoryCacheStore, RedisCacheStore
 from proxy.endpoints.base import JsonObject
 from proxy.errors import InvalidRequest
+from proxy.script_batch import ScriptBatch
 from shared.pricing import Usage
 from shared.settings import Settings
 
@@ -215,10 +216,13 @@ class ResponseCache:
             log.warning("event=cache_unavailable op=lookup error=%s", exc)
             return None
 
-    def settle(self, ticket: CacheTicket, entry: CacheEntry | None) -> None:
+    def settle(
+        self, ticket: CacheTicket, entry: CacheEntry | None, batch: ScriptBatch | None = None
+    ) -> None:
         """Store ``entry`` (a complete, successful answer) if the ticket allows, and end
-        the call's claim so waiters go on: one store round trip. Once per ticket; never
-        raises (a claim that could not be ended expires by itself)."""
+        the call's claim so waiters go on: one store round trip (queued in ``batch`` when
+        given). Once per ticket; never raises (a claim that could not be ended expires by
+        itself)."""
         if ticket.is_settled:
             return
         ticket.is_settled = True
@@ -227,7 +231,7 @@ class ResponseCache:
         if entry is not None and ticket.ttl_seconds > 0 and is_finished(entry.body):
             value = entry.to_bytes()
         try:
-            self._store.put_and_release(ticket.key, value, ticket.ttl_seconds, token)
+            self._store.put_and_release(ticket.key, value, ticket.ttl_seconds, token, batch)
         except CacheUnavailable as exc:
             log.warning("event=cache_unavailable op=store error=%s", exc)
 

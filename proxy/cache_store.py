@@ -12,15 +12,20 @@ Failures of the store raise ``CacheUnavailable``; the cache treats them as misse
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis import Redis, RedisError
+
+from proxy.script_batch import ScriptBatch
+
+log = logging.getLogger(__name__)
 
 ENTRY_PREFIX = "metergate:cache:entry:"
 CLAIM_PREFIX = "metergate:cache:claim:"
@@ -35,6 +40,12 @@ def entry_key(key: str) -> str:
 def claim_key(key: str) -> str:
     """The Redis key of the single-flight claim on an answer (same slot as the answer)."""
     return f"{CLAIM_PREFIX}{{{key}}}"
+
+
+def _log_store_failure(result: Any) -> None:
+    """A batched store that failed: the claim expires by itself; the answer is not kept."""
+    if isinstance(result, Exception):
+        log.warning("event=cache_unavailable op=store error=put failed: %s", type(result).__name__)
 
 
 FIRST_POLL_SECONDS = 0.005
@@ -86,10 +97,17 @@ class CacheStore(Protocol):
         ...
 
     def put_and_release(
-        self, key: str, value: bytes | None, ttl_seconds: int, token: str | None
+        self,
+        key: str,
+        value: bytes | None,
+        ttl_seconds: int,
+        token: str | None,
+        batch: ScriptBatch | None = None,
     ) -> None:
         """Store ``value`` (if any) and end the claim ``token`` (if any), in one step;
-        ending a claim that expired or was re-taken is a no-op."""
+        ending a claim that expired or was re-taken is a no-op. Raises CacheUnavailable;
+        with a ``batch`` (Redis) the step goes in it instead, and a failure is logged
+        when the batch runs."""
         ...
 
 
@@ -115,16 +133,23 @@ class RedisCacheStore:
         return Found(token=token if result[0] == 2 else None)
 
     def put_and_release(
-        self, key: str, value: bytes | None, ttl_seconds: int, token: str | None
+        self,
+        key: str,
+        value: bytes | None,
+        ttl_seconds: int,
+        token: str | None,
+        batch: ScriptBatch | None = None,
     ) -> None:
         stored = value if value is not None and ttl_seconds > 0 else b""
         if not stored and token is None:
             return
+        keys = [entry_key(key), claim_key(key)]
+        args: list[bytes | int | str] = [stored, max(1, ttl_seconds * 1000), token or ""]
+        if batch is not None:
+            batch.add(self._put_and_release, keys, args, _log_store_failure)
+            return
         try:
-            self._put_and_release(
-                keys=[entry_key(key), claim_key(key)],
-                args=[stored, max(1, ttl_seconds * 1000), token or ""],
-            )
+            self._put_and_release(keys=keys, args=args)
         except RedisError as exc:
             raise CacheUnavailable(f"put failed: {type(exc).__name__}") from exc
 
@@ -233,7 +258,12 @@ class MemoryCacheStore:
         return Found(token=token)
 
     def put_and_release(
-        self, key: str, value: bytes | None, ttl_seconds: int, token: str | None
+        self,
+        key: str,
+        value: bytes | None,
+        ttl_seconds: int,
+        token: str | None,
+        batch: ScriptBatch | None = None,  # in process: nothing to send
     ) -> None:
         if value is not None:
             self._put(key, value, ttl_seconds)

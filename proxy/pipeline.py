@@ -60,6 +60,7 @@ from proxy.replay import replay_stream
 from proxy.resilience import Resilience, fallback_chain
 from proxy.response_owners import ResponseOwners
 from proxy.screen import moderator_of, screen
+from proxy.script_batch import ScriptBatch
 from proxy.tracing import Tracing
 from proxy.translate import Bridge, Crossing, bridge_for
 from proxy.upstream import failure_for, forwarded_headers, invalid_answer, passed_response_headers
@@ -209,7 +210,6 @@ class Pipeline:
     def refuse(self, ctx: CallContext, error: GatewayError) -> Response:
         """Answer with ``error`` in the caller's dialect, and record the call."""
         tracing.fail(ctx, error)
-        self._settle_cache(ctx, None)
         ctx.status = error.status
         ctx.error_code = error.code
         ctx.error_message = error.message
@@ -222,10 +222,16 @@ class Pipeline:
         self.record(ctx)
         return response
 
-    def record(self, ctx: CallContext) -> None:
-        """The end of every path: settle usage against limits and quotas, then log the call."""
+    def record(self, ctx: CallContext, answer: JsonObject | None = None) -> None:
+        """The end of every path: keep ``answer`` in the cache if it may go there (and end
+        the call's single-flight claim), settle usage against limits and quotas, then log
+        the call. On Redis the scripts of the first two go in one round trip."""
         tracing.mark(ctx, "record")
-        self._settle_usage(ctx)
+        batch = ScriptBatch(self.gateway.redis) if self.gateway.redis is not None else None
+        self._settle_cache(ctx, answer, batch)
+        self._settle_usage(ctx, batch)
+        if batch is not None:
+            batch.run()
         try:
             record = ctx.to_record()
             self.gateway.writer.submit(record)
@@ -265,14 +271,14 @@ class Pipeline:
             ctx.id, ctx.principal, ctx.facts.end_user, models, self._charge(ctx)
         )
 
-    def _settle_usage(self, ctx: CallContext) -> None:
+    def _settle_usage(self, ctx: CallContext, batch: ScriptBatch | None = None) -> None:
         """Correct the token charge and settle the quota hold to actual usage (once)."""
         used = 0 if ctx.is_cached else ctx.usage.total_tokens
         cost = Decimal(0) if ctx.is_cached else ctx.cost_usd
         if ctx.rate_grant is not None and self.gateway.rate_limits is not None:
-            self.gateway.rate_limits.correct(ctx.rate_grant, used)
+            self.gateway.rate_limits.correct(ctx.rate_grant, used, batch)
         if ctx.reservation is not None and self.gateway.quotas is not None:
-            self.gateway.quotas.settle(ctx.reservation, used, cost)
+            self.gateway.quotas.settle(ctx.reservation, used, cost, batch)
 
     # -- whole answers ----------------------------------------------------------------
 
@@ -365,8 +371,7 @@ class Pipeline:
         response = Response(raw, status=upstream.status, mimetype="application/json")
         response.headers.update(passed_response_headers(upstream.headers))
         response.headers.update(gateway_headers(ctx))
-        self._settle_cache(ctx, fetched.answer if upstream.status == 200 else None)
-        self.record(ctx)
+        self.record(ctx, fetched.answer if upstream.status == 200 else None)
         return response
 
     def _fetch(
@@ -574,8 +579,7 @@ class Pipeline:
         response.headers.update(passed_response_headers(upstream.headers))
         response.headers.update(gateway_headers(ctx))
         response.headers["Cache-Control"] = "no-cache"
-        self._settle_cache(ctx, answer)
-        self.record(ctx)
+        self.record(ctx, answer)
         return response
 
     def _note_failure(self, ctx: CallContext, error: GatewayError) -> None:
@@ -602,8 +606,7 @@ class Pipeline:
                 ctx.usage, ctx.answered_model or ctx.model
             )
         finally:
-            self._settle_cache(ctx, assembled if reader.is_complete else None)
-            self.record(ctx)
+            self.record(ctx, assembled if reader.is_complete else None)
 
     # -- response cache ---------------------------------------------------------------
 
@@ -646,7 +649,9 @@ class Pipeline:
         self.record(ctx)
         return response
 
-    def _settle_cache(self, ctx: CallContext, answer: JsonObject | None) -> None:
+    def _settle_cache(
+        self, ctx: CallContext, answer: JsonObject | None, batch: ScriptBatch | None
+    ) -> None:
         """Store a complete, successful, valid answer of the model asked for (not of a
         fallback); end the call's single-flight claim."""
         cache, ticket = self.gateway.cache, ctx.cache
@@ -657,7 +662,7 @@ class Pipeline:
         if answer is not None and ctx.model is not None and ctx.status == 200 and is_asked_model:
             if ctx.output_valid is not False:
                 entry = CacheEntry(answer, ctx.usage, ctx.cost_usd, ctx.model.name)
-        cache.settle(ticket, entry)
+        cache.settle(ticket, entry, batch)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,9 @@ from proxy.quota_store import (
     QuotaStore,
     RedisQuotaStore,
     Shortfall,
+    log_settle_failure,
 )
+from proxy.script_batch import ScriptBatch
 from shared.catalogue import ModelEntry
 from shared.pricing import format_usd
 from shared.settings import Settings
@@ -190,8 +192,17 @@ class Quotas:
             reservation_id, month, tuple(s.name for s in scopes), charge.total_tokens, usd
         )
 
-    def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal) -> None:
-        """Replace the hold by the actual usage (zero for a failed call). Never raises."""
+    def settle(
+        self,
+        reservation: Reservation,
+        tokens: int,
+        cost_usd: Decimal,
+        batch: ScriptBatch | None = None,
+    ) -> None:
+        """Replace the hold by the actual usage (zero for a failed call). Never raises.
+
+        With a ``batch`` (on Redis) the settle is queued in it, to go with the call's
+        other last scripts in one round trip."""
         if reservation.is_settled:
             return
         reservation.is_settled = True
@@ -203,13 +214,10 @@ class Quotas:
                 max(tokens, 0),
                 max(to_units(cost_usd), 0),
                 self._expire_at(reservation.month),
+                batch,
             )
         except RedisError as exc:  # the hold expires by itself; the ledger keeps the cost
-            log.warning(
-                "event=quota_settle_failed reservation=%s error=%s",
-                reservation.id,
-                type(exc).__name__,
-            )
+            log_settle_failure(reservation.id, exc)
 
     def rebuild(self, month: str | None = None) -> MonthUsage:
         """Load a month's counters (default: this one) from the SQL log into the store."""

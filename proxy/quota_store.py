@@ -20,12 +20,15 @@ its scope. Keys expire a week after their month ends.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from redis import Redis
+
+from proxy.script_batch import ScriptBatch
 
 PREFIX = "mg:quota"
 
@@ -98,6 +101,8 @@ return 0
 """
 # KEYS per scope: counters, holds. ARGV: reservation id, tokens, usd, expire-at (unix s).
 
+log = logging.getLogger(__name__)
+
 
 class CountersMissing(Exception):
     """The month's counters are not loaded (Redis restarted, or a new month): rebuild first."""
@@ -155,8 +160,12 @@ class QuotaStore(Protocol):
         tokens: int,
         usd: int,
         expire_at: int,
+        batch: ScriptBatch | None = None,
     ) -> None:
-        """Drop the reservation's holds (if still there) and add the actual usage."""
+        """Drop the reservation's holds (if still there) and add the actual usage.
+
+        Raises RedisError; with a ``batch`` (Redis) the settle goes in it instead, and
+        a failure is logged when the batch runs."""
         ...
 
     def replace(self, month: str, spent: Mapping[str, tuple[int, int]], expire_at: int) -> None:
@@ -170,6 +179,13 @@ class QuotaStore(Protocol):
     def unlock(self, month: str) -> None: ...
 
     def counters(self, month: str, scope: str) -> Counters: ...
+
+
+def log_settle_failure(reservation_id: str, error: Exception) -> None:
+    """The hold expires by itself; the SQL ledger keeps the cost."""
+    log.warning(
+        "event=quota_settle_failed reservation=%s error=%s", reservation_id, type(error).__name__
+    )
 
 
 def counters_key(month: str, scope: str) -> str:
@@ -223,11 +239,21 @@ class RedisQuotaStore:
         tokens: int,
         usd: int,
         expire_at: int,
+        batch: ScriptBatch | None = None,
     ) -> None:
         keys: list[str] = []
         for scope in scopes:
             keys += [counters_key(month, scope), counters_key(month, scope) + ":holds"]
-        self._settle(keys=keys, args=[reservation_id, tokens, usd, expire_at])
+        args: list[str | int] = [reservation_id, tokens, usd, expire_at]
+        if batch is None:
+            self._settle(keys=keys, args=args)
+            return
+
+        def then(result: Any) -> None:
+            if isinstance(result, Exception):
+                log_settle_failure(reservation_id, result)
+
+        batch.add(self._settle, keys, args, then)
 
     def replace(self, month: str, spent: Mapping[str, tuple[int, int]], expire_at: int) -> None:
         prefix = counters_key(month, "")
@@ -322,6 +348,7 @@ class MemoryQuotaStore:
         tokens: int,
         usd: int,
         expire_at: int,
+        batch: ScriptBatch | None = None,  # in process: nothing to send
     ) -> None:
         with self._lock:
             counters = self._months.setdefault(month, {})

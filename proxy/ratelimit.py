@@ -15,17 +15,20 @@ that used more than it was charged is charged the difference, up to what the win
 has left (past the limit it only lengthens the wait, which the next call pays anyway).
 
 Scopes are checked narrowest first (end user, key, user), so an end user refused by
-its own limit takes nothing from the key's or the user's. A refused token hit gives
-back the token hits made before it; request hits are not given back (a refused call
-still counts as a request, as with the providers).
+its own requests limit takes nothing from the key's or the user's. A refused call takes
+no tokens: every token charge made for it is given back. Request hits are not given
+back (a refused call still counts as a request, as with the providers).
 
 On Redis a hit and the read of its window's state (for the x-ratelimit-* headers) go
-in one pipeline: one round trip per limited scope and kind, running flask-limiter's own
-scripts on its own keys (``_PipelinedWindows``).
+in one pipeline, running flask-limiter's own scripts on its own keys
+(``_PipelinedWindows``); the widest requests limit and every token charge share one: a
+call limited on one scope makes one round trip. The token charge's correction once
+the call is done goes with the call's other last scripts (``proxy.script_batch``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -41,10 +44,10 @@ from limits.storage import RedisStorage, SlidingWindowCounterSupport
 from limits.strategies import RateLimiter, SlidingWindowCounterRateLimiter
 from redis import Redis, RedisError
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
 from proxy.config_cache import Principal
 from proxy.errors import GatewayError, RateLimited
+from proxy.script_batch import ScriptBatch, run_scripts
 from shared.settings import Settings
 
 WINDOW_SECONDS = 60
@@ -168,21 +171,68 @@ class _PipelinedWindows:
 
     def hit_requests(self, item: RateLimitItem, ids: tuple[str, ...]) -> tuple[bool, float, int]:
         """(hit, window start, entries in the window) after counting one request."""
-        storage = self._storage
-        key = storage.prefixed_key(item.key_for(*ids))
-        now, expiry = time.time(), item.get_expiry()
-        acquired, window = self._run(
-            (storage.lua_acquire_moving_window, [key], [now, item.amount, expiry, 1]),
-            (storage.lua_moving_window, [key], [now - expiry, item.amount]),
-        )
-        if window:
-            return bool(acquired), float(window[0]), int(window[1])
-        return bool(acquired), now, 0
+        now = time.time()
+        acquired, window = self._run(*self._request_calls(item, ids, now))
+        return self._request_result(acquired, window, now)
 
     def hit_tokens(
         self, item: RateLimitItem, ids: tuple[str, ...], cost: int
     ) -> tuple[bool, Sliding]:
         """(hit, the sliding window's state) after charging ``cost``."""
+        acquired, window = self._run(*self._token_calls(item, ids, cost))
+        return self._token_result(acquired, window)
+
+    def hit_all(
+        self,
+        request: tuple[RateLimitItem, tuple[str, ...]],
+        token_limits: list[tuple[RateLimitItem, tuple[str, ...]]],
+        cost: int,
+    ) -> tuple[tuple[bool, float, int], list[tuple[bool, Sliding]]]:
+        """``hit_requests`` on ``request`` and ``hit_tokens`` on each of ``token_limits``,
+        all in one round trip."""
+        now = time.time()
+        calls = list(self._request_calls(*request, now))
+        for item, ids in token_limits:
+            calls += self._token_calls(item, ids, cost)
+        results = self._run(*calls)
+        tokens = [
+            self._token_result(results[index], results[index + 1])
+            for index in range(2, len(results), 2)
+        ]
+        return self._request_result(results[0], results[1], now), tokens
+
+    def queue_token_hit(
+        self,
+        batch: ScriptBatch,
+        item: RateLimitItem,
+        ids: tuple[str, ...],
+        cost: int,
+        then: Callable[[Any], None],
+    ) -> None:
+        """Charge ``cost`` (negative: give back) in ``batch``; ``then`` gets whether it fit."""
+        script, keys, args = self._token_calls(item, ids, cost)[0]
+        batch.add(script, keys, args, then)
+
+    def _request_calls(
+        self, item: RateLimitItem, ids: tuple[str, ...], now: float
+    ) -> list[tuple[Script, list[str], list[Any]]]:
+        storage = self._storage
+        key = storage.prefixed_key(item.key_for(*ids))
+        expiry = item.get_expiry()
+        return [
+            (storage.lua_acquire_moving_window, [key], [now, item.amount, expiry, 1]),
+            (storage.lua_moving_window, [key], [now - expiry, item.amount]),
+        ]
+
+    @staticmethod
+    def _request_result(acquired: Any, window: Any, now: float) -> tuple[bool, float, int]:
+        if window:
+            return bool(acquired), float(window[0]), int(window[1])
+        return bool(acquired), now, 0
+
+    def _token_calls(
+        self, item: RateLimitItem, ids: tuple[str, ...], cost: int
+    ) -> list[tuple[Script, list[str], list[Any]]]:
         storage = self._storage
         key = item.key_for(*ids)
         keys = [
@@ -190,10 +240,13 @@ class _PipelinedWindows:
             storage.prefixed_key(storage._current_window_key(key)),
         ]
         expiry = item.get_expiry()
-        acquired, window = self._run(
+        return [
             (storage.lua_acquire_sliding_window, keys, [item.amount, expiry, cost]),
             (storage.lua_sliding_window, keys, [expiry]),
-        )
+        ]
+
+    @staticmethod
+    def _token_result(acquired: Any, window: Any) -> tuple[bool, Sliding]:
         if not window:
             return bool(acquired), (0, 0.0, 0, 0.0)
         return bool(acquired), (
@@ -204,17 +257,11 @@ class _PipelinedWindows:
         )
 
     def _run(self, *calls: tuple[Script, list[str], list[Any]]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        results = pipe.execute(raise_on_error=False)
-        for index, result in enumerate(results):
-            if isinstance(result, NoScriptError):  # Redis restarted or flushed its scripts
-                script, keys, args = calls[index]
-                results[index] = script(keys, args)  # loads it, then runs it
-            elif isinstance(result, Exception):
+        results = run_scripts(self._redis, calls)
+        for result in results:
+            if isinstance(result, Exception):
                 raise result
-        return list(results)
+        return results
 
 
 class RateLimits:
@@ -255,23 +302,43 @@ class RateLimits:
             )
             return RateGrant(charged_tokens=tokens)
 
-    def correct(self, grant: RateGrant, actual_tokens: int) -> None:
-        """Bring the token charge to what the call really used (once). Never raises."""
+    def correct(
+        self, grant: RateGrant, actual_tokens: int, batch: ScriptBatch | None = None
+    ) -> None:
+        """Bring the token charge to what the call really used (once). Never raises.
+
+        With a ``batch`` (on Redis) the charges are queued in it, to go with the call's
+        other last scripts in one round trip."""
         if grant.is_corrected:
             return
         grant.is_corrected = True
         difference = actual_tokens - grant.charged_tokens
         if difference == 0:
             return
+        for item, ids in grant.token_hits:
+            if batch is not None and self._pipelined is not None:
+                then = functools.partial(self._after_correction, item, ids, difference)
+                self._pipelined.queue_token_hit(batch, item, ids, difference, then)
+                continue
+            try:
+                self._after_correction(
+                    item, ids, difference, self._tokens.hit(item, *ids, cost=difference)
+                )
+            except RedisError:  # the window forgets by itself within a minute
+                return
+
+    def _after_correction(
+        self, item: RateLimitItem, ids: tuple[str, ...], difference: int, fitted: Any
+    ) -> None:
+        """A call that used more than it was charged and does not fit: charge what the
+        window has left (past the limit only lengthens the wait). Never raises."""
+        if difference < 0 or isinstance(fitted, Exception) or fitted:
+            return
         try:
-            for item, ids in grant.token_hits:
-                if difference < 0:
-                    self._tokens.hit(item, *ids, cost=difference)
-                elif not self._tokens.hit(item, *ids, cost=difference):
-                    left = self._tokens.get_window_stats(item, *ids).remaining
-                    if left > 0:
-                        self._tokens.hit(item, *ids, cost=min(left, difference))
-        except RedisError:  # the window forgets by itself within a minute
+            left = self._tokens.get_window_stats(item, *ids).remaining
+            if left > 0:
+                self._tokens.hit(item, *ids, cost=min(left, difference))
+        except RedisError:
             return
 
     def check_unauthenticated(self, client_ip: str | None) -> None:
@@ -303,29 +370,66 @@ class RateLimits:
     def _check(self, principal: Principal, end_user: str | None, tokens: int) -> RateGrant:
         grant = RateGrant(charged_tokens=tokens)
         scopes = _scopes(principal, end_user)
-        for scope in scopes:
-            if scope.rpm is None:
-                continue
-            item = RateLimitItemPerMinute(scope.rpm)
-            ids = ("requests", *scope.ids)
-            is_hit, window = self._hit_requests(item, ids)
+        requests: list[_Limit] = [
+            (scope, RateLimitItemPerMinute(scope.rpm), ("requests", *scope.ids))
+            for scope in scopes
+            if scope.rpm is not None
+        ]
+        token_limits: list[_Limit] = [
+            (scope, RateLimitItemPerMinute(scope.tpm), ("tokens", *scope.ids))
+            for scope in scopes
+            if scope.tpm is not None
+        ]
+        charged: list[tuple[bool, Sliding]] | None = None
+        for index, (scope, item, ids) in enumerate(requests):
+            if self._pipelined is not None and index == len(requests) - 1 and token_limits:
+                # The widest request limit and every token charge: one round trip.
+                (is_hit, start, count), charged = self._pipelined.hit_all(
+                    (item, ids),
+                    [(limit, limit_ids) for _, limit, limit_ids in token_limits],
+                    tokens,
+                )
+                window = self._moving_window(item, item.amount - count, start + item.get_expiry())
+            else:
+                is_hit, window = self._hit_requests(item, ids)
             if not is_hit:
-                raise self._requests_refusal(scope, item, ids)
+                refusal = self._requests_refusal(scope, item, ids)
+                self._give_back(token_limits, charged or [], tokens)
+                raise refusal
             grant.requests = _stricter(grant.requests, window)
-        for scope in scopes:
-            if scope.tpm is None:
-                continue
-            item = RateLimitItemPerMinute(scope.tpm)
-            ids = ("tokens", *scope.ids)
-            is_hit, sliding = self._hit_tokens(item, ids, tokens)
+        if charged is None:
+            charged = self._hit_tokens_in_turn(token_limits, tokens)
+        for (scope, item, ids), (is_hit, _) in zip(token_limits, charged, strict=False):
             if not is_hit:
                 refusal = self._tokens_refusal(scope, item, ids, tokens)
-                for hit_item, hit_ids in grant.token_hits:
-                    self._tokens.hit(hit_item, *hit_ids, cost=-tokens)
+                self._give_back(token_limits, charged, tokens)
                 raise refusal
+        for (_, item, ids), (_, sliding) in zip(token_limits, charged, strict=True):
             grant.token_hits.append((item, ids))
             grant.tokens = _stricter(grant.tokens, self._window_of(item, sliding, item.amount))
         return grant
+
+    def _hit_tokens_in_turn(
+        self, token_limits: list[_Limit], tokens: int
+    ) -> list[tuple[bool, Sliding]]:
+        """Charge each scope narrowest first, stopping at the first that refuses."""
+        charged: list[tuple[bool, Sliding]] = []
+        for _, item, ids in token_limits:
+            charged.append(self._hit_tokens(item, ids, tokens))
+            if not charged[-1][0]:
+                break
+        return charged
+
+    def _give_back(
+        self,
+        token_limits: list[_Limit],
+        charged: list[tuple[bool, Sliding]],
+        tokens: int,
+    ) -> None:
+        """A refused call takes no tokens: undo the charges that were made."""
+        for (_, item, ids), (is_hit, _) in zip(token_limits, charged, strict=False):
+            if is_hit:
+                self._tokens.hit(item, *ids, cost=-tokens)
 
     def _hit_requests(self, item: RateLimitItem, ids: tuple[str, ...]) -> tuple[bool, Window]:
         """Count one request; whether it fit, and the window's state after it."""
@@ -411,6 +515,9 @@ class RateLimits:
                 **window_headers("tokens", window),
             },
         )
+
+
+_Limit = tuple[_Scope, RateLimitItem, tuple[str, ...]]  # a scope, its limit, its ids
 
 
 def _scopes(principal: Principal, end_user: str | None) -> list[_Scope]:

@@ -40,17 +40,18 @@ GPT = "gpt-4o-mini"
 
 # Redis round trips per call, stage by stage (the user's tier sets rpm and tpm; the key
 # has no overrides of its own, so only the user scope is rate limited):
-#   rate limits    2  flask-limiter's (limits') scripts, each hit pipelined with the read
-#                     of its window for the x-ratelimit-* headers: the request counted in
-#                     the moving window, the tokens charged in the sliding window
+#   rate limits    1  flask-limiter's (limits') scripts in one pipeline: the request
+#                     counted in the moving window and the tokens charged in the sliding
+#                     window, each with the read of its window for the x-ratelimit-*
+#                     headers
 #   cache lookup   1  one script: the entry, or on a miss the single-flight claim
 #   quota reserve  1  one script, every scope (key, user, tenant, global)
-#   cache store    1  one script: the answer stored and the claim released (a miss)
-#   settle         2  the token charge corrected to the real usage (sliding window hit),
-#                     the quota hold settled (script); a hit: only the token charge
-#                     given back (a hit reserves no quota)
-MISS_ROUND_TRIPS = 2 + 1 + 1 + 1 + 2
-HIT_ROUND_TRIPS = 2 + 1 + 1
+#   settle         1  one pipeline (proxy.script_batch): the answer stored in the cache
+#                     and its claim released (a miss), the token charge corrected to
+#                     the real usage (sliding window hit), the quota hold settled (a
+#                     miss; a hit reserves no quota)
+MISS_ROUND_TRIPS = 1 + 1 + 1 + 1
+HIT_ROUND_TRIPS = 1 + 1 + 1
 
 
 @dataclass

@@ -421,6 +421,22 @@ def test_token_limits_are_exact_across_limiters_sharing_redis(
         assert sum(pool.map(call, [first, second] * 15)) == 10
 
 
+@pytest.mark.parametrize("store", ["redis", "memory"])
+def test_a_refused_call_takes_no_tokens(shared_redis: redis.Redis, store: str) -> None:
+    """On Redis the widest requests limit and the token charge share one round trip, so a
+    call refused for requests was charged tokens too: the charge is given back."""
+    limits = redis_limits() if store == "redis" else memory_limits()
+    principal = principal_with(rpm=1, tpm=1000, user_id=unique_id())
+    served = limits.check(principal, None, 300)
+    with pytest.raises(RateLimited) as refused:
+        limits.check(principal, None, 300)
+    assert refused.value.openai_type == "requests"
+    assert served.tokens is not None and served.tokens.remaining == 700
+    limits.correct(served, 100)
+    after = limits.check(principal_with(rpm=5, tpm=1000, user_id=principal.user_id), None, 0)
+    assert after.tokens is not None and after.tokens.remaining == 900
+
+
 # -- helpers -------------------------------------------------------------------------------
 
 

@@ -1,0 +1,69 @@
+"""Redis scripts of several stages sent in one pipeline: one round trip for all of them.
+
+A call's last steps each run one script on the same Redis: the token charge corrected
+(``proxy.ratelimit``), the quota hold settled (``proxy.quota``), the answer stored in
+the cache and its claim released (``proxy.cache``). Each stage queues its script with
+what to do with the result; ``run`` sends them together and hands each stage its own
+result, or the error its own script met (a stage's failure is the stage's business, as
+when it ran alone: each logs or ignores it). A script Redis no longer has (restarted,
+flushed) is loaded and run again on its own.
+
+The stages still run on their own when there is no batch (the embedded, in-process
+stores, and calls of a single stage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis import Redis, RedisError
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
+
+Outcome = Callable[[Any], None]  # given the script's result, or the exception it met
+
+
+class ScriptBatch:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._calls: list[tuple[Script, Sequence[Any], Sequence[Any], Outcome]] = []
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def add(self, script: Script, keys: Sequence[Any], args: Sequence[Any], then: Outcome) -> None:
+        self._calls.append((script, keys, args, then))
+
+    def run(self) -> None:
+        """Send every queued script in one round trip; each outcome gets its result."""
+        calls, self._calls = self._calls, []
+        if not calls:
+            return
+        results = run_scripts(
+            self._redis, [(script, keys, args) for script, keys, args, _ in calls]
+        )
+        for (_, _, _, then), result in zip(calls, results, strict=True):
+            then(result)
+
+
+def run_scripts(
+    redis: Redis, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]
+) -> list[Any]:
+    """Run ``calls`` in one pipeline. Each result is the script's reply or, when that
+    script failed, the exception (never raised here)."""
+    pipe = redis.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    try:
+        results: list[Any] = list(pipe.execute(raise_on_error=False))
+    except RedisError as exc:  # the round trip itself failed: every script met it
+        return [exc] * len(calls)
+    for index, result in enumerate(results):
+        if isinstance(result, NoScriptError):  # Redis restarted or flushed its scripts
+            script, keys, args = calls[index]
+            try:
+                results[index] = script(list(keys), list(args))  # loads it, then runs it
+            except RedisError as exc:
+                results[index] = exc
+    return results

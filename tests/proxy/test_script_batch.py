@@ -1,0 +1,105 @@
+"""A call's last scripts go to Redis in one round trip; each stage gets its own outcome.
+
+On a real Redis (the tests' database, emptied before and after).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import ResponseError
+
+from proxy.script_batch import ScriptBatch
+
+INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+FAIL = "return redis.error_reply('stage failed')"
+
+
+@pytest.fixture()
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _count_round_trips(client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    sent: list[int] = []
+    connection_class = client.connection_pool.connection_class
+    original = connection_class.send_packed_command
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(connection_class, "send_packed_command", counted)
+    return sent
+
+
+def test_scripts_of_several_stages_go_in_one_round_trip(
+    client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    incr = client.register_script(INCR_BY)
+    incr(keys=["warm-up"], args=[0])  # loaded: the batch finds it by its SHA
+    keys = [f"batch:{uuid.uuid4().hex}" for _ in range(3)]
+    outcomes: dict[str, Any] = {}
+    batch = ScriptBatch(client)
+    for index, key in enumerate(keys):
+        batch.add(incr, [key], [index + 1], lambda result, key=key: outcomes.update({key: result}))
+    sent = _count_round_trips(client, monkeypatch)
+
+    batch.run()
+
+    assert len(sent) == 1
+    assert outcomes == {keys[0]: 1, keys[1]: 2, keys[2]: 3}
+    assert [int(client.get(key) or 0) for key in keys] == [1, 2, 3]
+    client.delete(*keys)
+
+
+def test_a_failing_script_reaches_only_its_own_stage(client: redis.Redis) -> None:
+    incr, fail = client.register_script(INCR_BY), client.register_script(FAIL)
+    key = f"batch:{uuid.uuid4().hex}"
+    outcomes: list[Any] = []
+    batch = ScriptBatch(client)
+    batch.add(fail, [key], [], outcomes.append)
+    batch.add(incr, [key], [5], outcomes.append)
+
+    batch.run()
+
+    assert isinstance(outcomes[0], ResponseError) and "stage failed" in str(outcomes[0])
+    assert outcomes[1] == 5
+    client.delete(key)
+
+
+def test_scripts_redis_forgot_are_loaded_and_run(client: redis.Redis) -> None:
+    incr = client.register_script(INCR_BY)
+    client.script_flush()  # as after a Redis restart
+    key = f"batch:{uuid.uuid4().hex}"
+    outcomes: list[Any] = []
+    batch = ScriptBatch(client)
+    batch.add(incr, [key], [7], outcomes.append)
+
+    batch.run()
+
+    assert outcomes == [7]
+    assert int(client.get(key) or 0) == 7
+    client.delete(key)
+
+
+def test_an_unreachable_redis_is_every_stages_outcome_and_nothing_raises() -> None:
+    down = redis.Redis(port=1, socket_connect_timeout=0.2, retry_on_error=[])
+    outcomes: list[Any] = []
+    batch = ScriptBatch(down)
+    script = down.register_script(INCR_BY)
+    batch.add(script, ["a"], [1], outcomes.append)
+    batch.add(script, ["b"], [1], outcomes.append)
+
+    batch.run()
+
+    assert len(outcomes) == 2
+    assert all(isinstance(outcome, redis.ConnectionError) for outcome in outcomes)
