@@ -5,6 +5,7 @@ On a real Redis (the tests' database, emptied before and after).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -50,7 +51,7 @@ def test_scripts_of_several_stages_go_in_one_round_trip(
     outcomes: dict[str, Any] = {}
     batch = ScriptBatch(client)
     for index, key in enumerate(keys):
-        batch.add(incr, [key], [index + 1], lambda result, key=key: outcomes.update({key: result}))
+        batch.add(incr, [key], [index + 1], functools.partial(outcomes.__setitem__, key))
     sent = _count_round_trips(client, monkeypatch)
 
     batch.run()
