@@ -316,9 +316,12 @@ class ConfigCache:
                 log.warning("event=config_poll_failed error=%s", type(exc).__name__)
 
     def _read_sql_version(self) -> int | None:
-        with Session(self._engine) as session:
-            state = session.get(ConfigState, CONFIG_STATE_ID)
-            return None if state is None else state.version
+        # Core, not an ORM session: this runs every second in every process.
+        with self._engine.connect() as connection:
+            version: int | None = connection.scalar(
+                select(ConfigState.version).where(ConfigState.id == CONFIG_STATE_ID)
+            )
+            return version
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:

@@ -553,6 +553,10 @@ def _store_down() -> GatewayError:
     )
 
 
+def _every_request() -> bool:
+    return True
+
+
 def build_rate_limits(app: Flask, settings: Settings, redis: Redis | None) -> RateLimits:
     """A flask-limiter ``Limiter`` bound to ``app``: on the app's Redis, else in process."""
     options: dict[str, Any] = {"key_prefix": "mg:rl"}
@@ -565,6 +569,10 @@ def build_rate_limits(app: Flask, settings: Settings, redis: Redis | None) -> Ra
         storage_uri=settings.redis_url or "memory://",
         storage_options=options,
     )
+    # The stages call the limiter's strategies themselves (above), with limits that come
+    # from each caller's tier; no view is decorated. Exempting every request up front
+    # keeps the extension's own per-request hook from resolving limits there are none of.
+    limiter.request_filter(_every_request)
     return RateLimits(
         limiter,
         unauthenticated_rpm=settings.unauthenticated_rpm,

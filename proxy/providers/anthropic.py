@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
-import anthropic
-
 from proxy.providers.base import UpstreamNotConfigured, UpstreamResponse
-from proxy.providers.sdk import clipped_timeout, send_raw, timeout_for
+from proxy.providers.sdk import LazySdk, clipped_timeout, send_raw, timeout_for
 from shared.settings import Settings
-
-ERRORS = (anthropic.APIStatusError, anthropic.APITimeoutError, anthropic.APIConnectionError)
 
 
 class AnthropicProvider:
@@ -23,12 +20,17 @@ class AnthropicProvider:
             settings.upstream_read_timeout_seconds,
         )
         self._has_key = bool(settings.anthropic_api_key.get_secret_value())
-        self._client = anthropic.Anthropic(
-            api_key=settings.anthropic_api_key.get_secret_value() or "unset",
-            base_url=settings.anthropic_base_url,
-            max_retries=0,
-            timeout=self._timeout,
-        )
+        api_key = settings.anthropic_api_key.get_secret_value() or "unset"
+
+        def make(anthropic: ModuleType) -> Any:
+            return anthropic.Anthropic(
+                api_key=api_key,
+                base_url=settings.anthropic_base_url,
+                max_retries=0,
+                timeout=self._timeout,
+            )
+
+        self._sdk = LazySdk("anthropic", make)
 
     def send(
         self,
@@ -40,14 +42,16 @@ class AnthropicProvider:
     ) -> UpstreamResponse:
         self._require_key()
         timeout = clipped_timeout(self._timeout, timeout_seconds)
-        return send_raw(self._client, "POST", path, body, headers, ERRORS, timeout)
+        client, errors = self._sdk.get()
+        return send_raw(client, "POST", path, body, headers, errors, timeout)
 
     def request(self, method: str, path: str, headers: dict[str, str]) -> UpstreamResponse:
         self._require_key()
-        return send_raw(self._client, method, path, None, headers, ERRORS)
+        client, errors = self._sdk.get()
+        return send_raw(client, method, path, None, headers, errors)
 
     def close(self) -> None:
-        self._client.close()
+        self._sdk.close()
 
     def _require_key(self) -> None:
         if not self._has_key:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
-
-import openai
 
 from proxy.providers.base import (
     UpstreamNotConfigured,
@@ -12,10 +11,9 @@ from proxy.providers.base import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from proxy.providers.sdk import clipped_timeout, send_raw, timeout_for
+from proxy.providers.sdk import LazySdk, clipped_timeout, send_raw, timeout_for
 from shared.settings import Settings
 
-ERRORS = (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError)
 MODERATION_MODEL = "omni-moderation-latest"
 
 
@@ -29,12 +27,17 @@ class OpenAIProvider:
             settings.upstream_read_timeout_seconds,
         )
         self._has_key = bool(settings.openai_api_key.get_secret_value())
-        self._client = openai.OpenAI(
-            api_key=settings.openai_api_key.get_secret_value() or "unset",
-            base_url=settings.openai_base_url,
-            max_retries=0,
-            timeout=self._timeout,
-        )
+        api_key = settings.openai_api_key.get_secret_value() or "unset"
+
+        def make(openai: ModuleType) -> Any:
+            return openai.OpenAI(
+                api_key=api_key,
+                base_url=settings.openai_base_url,
+                max_retries=0,
+                timeout=self._timeout,
+            )
+
+        self._sdk = LazySdk("openai", make)
         self._moderation_timeout = settings.moderation_timeout_seconds
 
     def send(
@@ -47,11 +50,13 @@ class OpenAIProvider:
     ) -> UpstreamResponse:
         self._require_key()
         timeout = clipped_timeout(self._timeout, timeout_seconds)
-        return send_raw(self._client, "POST", path, body, headers, ERRORS, timeout)
+        client, errors = self._sdk.get()
+        return send_raw(client, "POST", path, body, headers, errors, timeout)
 
     def request(self, method: str, path: str, headers: dict[str, str]) -> UpstreamResponse:
         self._require_key()
-        return send_raw(self._client, method, path, None, headers, ERRORS)
+        client, errors = self._sdk.get()
+        return send_raw(client, method, path, None, headers, errors)
 
     def moderate(self, inputs: list[str]) -> list[str]:
         """The categories OpenAI's moderation endpoint flags in ``inputs`` (sorted; [] if none).
@@ -59,8 +64,10 @@ class OpenAIProvider:
         Raises UpstreamError when the check cannot be made (no key, timeout, error status).
         """
         self._require_key()
+        client, _ = self._sdk.get()
+        openai = self._sdk.module()
         try:
-            result = self._client.moderations.create(
+            result = client.moderations.create(
                 model=MODERATION_MODEL, input=inputs, timeout=self._moderation_timeout
             )
         except openai.APITimeoutError as exc:
@@ -77,7 +84,7 @@ class OpenAIProvider:
         return sorted(flagged)
 
     def close(self) -> None:
-        self._client.close()
+        self._sdk.close()
 
     def _require_key(self) -> None:
         if not self._has_key:

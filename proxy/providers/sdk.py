@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import httpx2
@@ -14,6 +20,56 @@ from proxy.providers.base import (
 )
 
 RAW_STREAM = {"X-Stainless-Raw-Response": "stream"}
+log = logging.getLogger(__name__)
+
+
+class LazySdk:
+    """A provider's SDK client, made on first use: a process that never calls a provider
+    never imports its SDK (``anthropic`` alone holds ~40 MiB and takes 0.5-2 s to import).
+
+    ``make`` builds the client from the imported module; ``errors`` are the module's
+    (APIStatusError, APITimeoutError, APIConnectionError), as ``send_raw`` takes them.
+    """
+
+    def __init__(self, module: str, make: Callable[[ModuleType], Any]) -> None:
+        self._module_name = module
+        self._make = make
+        self._lock = threading.Lock()
+        self._module: ModuleType | None = None
+        self._client: Any = None
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._client is not None
+
+    def get(self) -> tuple[Any, tuple[type[Exception], type[Exception], type[Exception]]]:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    started = time.perf_counter()
+                    imported = importlib.import_module(self._module_name)
+                    self._module, self._client = imported, self._make(imported)
+                    log.info(
+                        "event=sdk_loaded sdk=%s seconds=%.2f",
+                        self._module_name,
+                        time.perf_counter() - started,
+                    )
+        module = self._module
+        assert module is not None
+        return self._client, (  # the SDKs' own exception classes
+            module.APIStatusError,
+            module.APITimeoutError,
+            module.APIConnectionError,
+        )
+
+    def module(self) -> ModuleType:
+        self.get()
+        assert self._module is not None
+        return self._module
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 def send_raw(

@@ -26,11 +26,19 @@ from tests.benchmarks.perf import (
     BIN,
     REPO,
     THREADS,
+    cpu_seconds,
     deployment,
     start_metergate,
     start_simulator,
     wrk,
 )
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return "?"
 
 
 def frame_name(frame: str) -> str:
@@ -99,13 +107,19 @@ def main(argv: list[str] | None = None) -> int:
             command += ["--pid", str(pid), "--output", str(out)]
             spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=REPO))
             outputs.append(out)
+        pids = mg.pids()
+        before = {pid: cpu_seconds([pid]) for pid in pids}
         run = wrk(mg, args.concurrency, args.seconds, mode=mode, stream=args.stream)
+        used = {pid: cpu_seconds([pid]) - before[pid] for pid in pids}
         for spy in spies:
             spy.wait(60)
         print(
             f"c={args.concurrency}: {run.rps:.0f} req/s, p50 {run.p50_ms:.2f} ms,"
             f" CPU {run.cpu_ms_per_request:.2f} ms/req (under py-spy), bad {run.bad}"
         )
+        print("CPU seconds per process over the run (py-spy's own time not included):")
+        for pid in pids:
+            print(f"  {used[pid]:7.2f} s  pid {pid}  {command_line(pid)[:90]}")
         summarise([out for out in outputs if out.exists()], args.top)
     print(f"\nstacks: {log_dir.relative_to(REPO)}")
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -52,9 +52,10 @@ def tenant(console_env: str, console_engine: Engine) -> Iterator[Tenant]:
         user = accounts.get_user(session, acct.user)
         ids = {"tenant_id": user.tenant_id, "user_id": user.id, "key_id": acct.key_id}
     now = datetime.now(UTC)
+    ago = within_this_month(now, timedelta(minutes=82))
     records = [
         call(
-            now - timedelta(minutes=5 + 7 * i),
+            now - ago(timedelta(minutes=5 + 7 * i)),
             model="gpt-4o-mini" if i % 2 else "claude-3-5-haiku",
             provider="openai" if i % 2 else "anthropic",
             end_user=f"end-user-{i % 3}",
@@ -71,7 +72,7 @@ def tenant(console_env: str, console_engine: Engine) -> Iterator[Tenant]:
     ]
     records.append(
         call(
-            now - timedelta(minutes=3),
+            now - ago(timedelta(minutes=3)),
             is_cached=True,
             prompt_tokens=100,
             cache_saved_usd=Decimal("0.25"),
@@ -83,7 +84,7 @@ def tenant(console_env: str, console_engine: Engine) -> Iterator[Tenant]:
     )
     records.append(
         call(
-            now - timedelta(minutes=2),
+            now - ago(timedelta(minutes=2)),
             status=429,
             error_code="rate_limit_exceeded",
             refusal_reason="rate_limit",
@@ -95,6 +96,14 @@ def tenant(console_env: str, console_engine: Engine) -> Iterator[Tenant]:
     write_records(console_engine, records)
     dashboards.labels.clear()  # type: ignore[attr-defined]
     yield Tenant(user.tenant_id, acct.tenant, acct.user, acct.key_id, records)
+
+
+def within_this_month(now: datetime, span: timedelta) -> Callable[[timedelta], timedelta]:
+    """How long ago, scaled so that ``span`` ago is still in this month (UTC): the pages
+    show month-to-date spend, and in a month's first hours "82 minutes ago" is last month."""
+    since_month_start = now - now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    scale = min(1.0, (since_month_start - timedelta(seconds=1)) / span)
+    return lambda ago: ago * max(scale, 0.0)
 
 
 def open_page(name: str) -> AppTest:
