@@ -25,13 +25,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 import orjson
 from redis import Redis
 
-from proxy.cache_store import CacheStore, CacheUnavailable, MemoryCacheStore, RedisCacheStore
+from proxy.cache_store import (
+    CacheStore,
+    CacheUnavailable,
+    Found,
+    MemoryCacheStore,
+    RedisCacheStore,
+)
 from proxy.endpoints.base import JsonObject
 from proxy.errors import InvalidRequest
 from proxy.script_batch import ScriptBatch
@@ -198,11 +205,29 @@ class ResponseCache:
         On a miss the call claims the key (in the same store round trip as the read), or
         waits (bounded) for the call that did.
         """
+        return self.begin_lookup(ticket, None)()
+
+    def begin_lookup(
+        self, ticket: CacheTicket, batch: ScriptBatch | None
+    ) -> Callable[[], CacheEntry | None]:
+        """``lookup`` in two steps: its store round trip queued in ``batch`` (on Redis),
+        then the returned function, called once the batch ran, gives what it found.
+        Without a batch the function does the whole lookup when called."""
         if not ticket.is_lookup:
-            return None
+            return _nothing
         hold = self._lock_wait if ticket.ttl_seconds > 0 else None
+        if batch is not None and isinstance(self._store, RedisCacheStore):
+            queued = self._store.queue_get_or_claim(ticket.key, hold, batch)
+            return lambda: self._finish_lookup(ticket, hold, queued)
+        return lambda: self._finish_lookup(
+            ticket, hold, lambda: self._store.get_or_claim(ticket.key, hold)
+        )
+
+    def _finish_lookup(
+        self, ticket: CacheTicket, hold: float | None, get: Callable[[], Found]
+    ) -> CacheEntry | None:
         try:
-            found = self._store.get_or_claim(ticket.key, hold)
+            found = get()
             if found.value is not None:
                 return self._entry(ticket.key, found.value)
             if hold is None:
@@ -240,6 +265,10 @@ class ResponseCache:
         if entry is None:
             log.warning("event=cache_entry_unreadable key=%s", key[:16])
         return entry
+
+
+def _nothing() -> CacheEntry | None:
+    return None
 
 
 def build_response_cache(settings: Settings, redis: Redis | None) -> ResponseCache:

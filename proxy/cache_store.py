@@ -42,6 +42,12 @@ def claim_key(key: str) -> str:
     return f"{CLAIM_PREFIX}{{{key}}}"
 
 
+def _found(result: Any, token: str) -> Found:
+    if result[0] == 1:
+        return Found(value=bytes(result[1]))
+    return Found(token=token if result[0] == 2 else None)
+
+
 def _log_store_failure(result: Any) -> None:
     """A batched store that failed: the claim expires by itself; the answer is not kept."""
     if isinstance(result, Exception):
@@ -120,17 +126,37 @@ class RedisCacheStore:
         self._put_and_release = redis.register_script(_PUT_AND_RELEASE_SCRIPT)
 
     def get_or_claim(self, key: str, hold_seconds: float | None) -> Found:
-        token = secrets.token_hex(8)
-        hold_ms = 0 if hold_seconds is None else max(1, int(hold_seconds * 1000))
+        token, keys, args = self._get_or_claim_call(key, hold_seconds)
         try:
-            result = self._get_or_claim(
-                keys=[entry_key(key), claim_key(key)], args=[token, hold_ms]
-            )
+            result = self._get_or_claim(keys=keys, args=args)
         except RedisError as exc:
             raise CacheUnavailable(f"get failed: {type(exc).__name__}") from exc
-        if result[0] == 1:
-            return Found(value=bytes(result[1]))
-        return Found(token=token if result[0] == 2 else None)
+        return _found(result, token)
+
+    def queue_get_or_claim(
+        self, key: str, hold_seconds: float | None, batch: ScriptBatch
+    ) -> Callable[[], Found]:
+        """``get_or_claim`` queued in ``batch``: once the batch ran, the returned function
+        gives what it found (or raises CacheUnavailable)."""
+        token, keys, args = self._get_or_claim_call(key, hold_seconds)
+        outcome: list[Any] = []
+        batch.add(self._get_or_claim, keys, args, outcome.append)
+
+        def found() -> Found:
+            result = outcome[0] if outcome else RedisError("the batch did not run")
+            if isinstance(result, Exception):
+                raise CacheUnavailable(f"get failed: {type(result).__name__}") from result
+            return _found(result, token)
+
+        return found
+
+    @staticmethod
+    def _get_or_claim_call(
+        key: str, hold_seconds: float | None
+    ) -> tuple[str, list[str], list[str | int]]:
+        token = secrets.token_hex(8)
+        hold_ms = 0 if hold_seconds is None else max(1, int(hold_seconds * 1000))
+        return token, [entry_key(key), claim_key(key)], [token, hold_ms]
 
     def put_and_release(
         self,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -52,7 +52,7 @@ from proxy.output_schema import (
 )
 from proxy.prompt_cache import mark_system_prompt
 from proxy.providers.base import Provider, UpstreamError, UpstreamResponse, UpstreamUnreachable
-from proxy.quota import Quotas
+from proxy.quota import Quotas, Reservation
 from proxy.ratelimit import RateLimits
 from proxy.read_deadline import ReadDeadlines
 from proxy.recorder import RecordWriter
@@ -181,11 +181,9 @@ class Pipeline:
                 moderator=moderator_of(gw.providers),
             )
             tracing.mark(ctx, "cache_lookup")
-            hit = self._look_up(ctx, endpoint, body, request_headers)
+            hit = self._look_up_and_reserve(ctx, endpoint, body, request_headers)
             if hit is not None:
                 return self._serve_cached(ctx, endpoint, hit)
-            tracing.mark(ctx, "reserve_quota")
-            self._reserve(ctx)  # after the cache lookup: a hit costs nothing against quotas
             tracing.mark(ctx, "upstream")
             upstream_body = endpoint.upstream_body(body, ctx.facts, ctx.model.upstream_model)
             if ctx.principal.is_prompt_cache_marked:
@@ -259,16 +257,18 @@ class Pipeline:
         charged = self._charge(ctx).total_tokens
         ctx.rate_grant = limits.check(ctx.principal, ctx.facts.end_user, charged)
 
-    def _reserve(self, ctx: CallContext) -> None:
+    def _begin_reserve(
+        self, ctx: CallContext, batch: ScriptBatch | None
+    ) -> Callable[[bool], Reservation | None] | None:
         quotas = self.gateway.quotas
         assert ctx.principal is not None and ctx.facts is not None and ctx.model is not None
         if quotas is None or not ctx.facts.is_billed:
-            return
+            return None
         # Priced at the dearest model that may answer: the one asked for or a fallback.
         fallbacks = (self.gateway.config.model(name) for name in ctx.model.fallbacks)
         models = [ctx.model, *(model for model in fallbacks if model is not None)]
-        ctx.reservation = quotas.reserve(
-            ctx.id, ctx.principal, ctx.facts.end_user, models, self._charge(ctx)
+        return quotas.begin_reserve(
+            ctx.id, ctx.principal, ctx.facts.end_user, models, self._charge(ctx), batch
         )
 
     def _settle_usage(self, ctx: CallContext, batch: ScriptBatch | None = None) -> None:
@@ -610,14 +610,40 @@ class Pipeline:
 
     # -- response cache ---------------------------------------------------------------
 
-    def _look_up(
+    def _look_up_and_reserve(
         self, ctx: CallContext, endpoint: Endpoint, body: JsonObject, headers: dict[str, str]
     ) -> CacheEntry | None:
-        """The cached answer to this call, if any; on a miss the call holds its ticket."""
+        """The cached answer to this call, if any (on a miss the call holds its ticket); on
+        a miss, its quota reservation too (``ctx.reservation``), or QuotaExceeded.
+
+        On Redis the cache read-and-claim and the reservation go in one round trip. A hit
+        costs nothing against quotas: a hold made for it is released when the call settles
+        (with zero usage), and a quota it would not fit refuses nothing.
+        """
+        gw = self.gateway
+        batch = ScriptBatch(gw.redis) if gw.redis is not None else None
+        lookup = self._begin_look_up(ctx, endpoint, body, headers, batch)
+        reserve = self._begin_reserve(ctx, batch)
+        if batch is not None:
+            batch.run()
+        hit = lookup()
+        tracing.mark(ctx, "reserve_quota")
+        if reserve is not None:
+            ctx.reservation = reserve(hit is None)
+        return hit
+
+    def _begin_look_up(
+        self,
+        ctx: CallContext,
+        endpoint: Endpoint,
+        body: JsonObject,
+        headers: dict[str, str],
+        batch: ScriptBatch | None,
+    ) -> Callable[[], CacheEntry | None]:
         cache = self.gateway.cache
         assert ctx.principal is not None and ctx.model is not None
         if cache is None:
-            return None
+            return _no_entry
         ctx.cache = cache.plan(
             tenant_id=ctx.principal.tenant_id,
             tier_ttl_seconds=ctx.principal.limits.cache_ttl_seconds,
@@ -626,7 +652,7 @@ class Pipeline:
             body=body,
             headers=headers,
         )
-        return cache.lookup(ctx.cache) if ctx.cache is not None else None
+        return cache.begin_lookup(ctx.cache, batch) if ctx.cache is not None else _no_entry
 
     def _serve_cached(self, ctx: CallContext, endpoint: Endpoint, entry: CacheEntry) -> Response:
         """Answer from the cache: no upstream call, no cost; the record keeps what it saved."""
@@ -663,6 +689,10 @@ class Pipeline:
             if ctx.output_valid is not False:
                 entry = CacheEntry(answer, ctx.usage, ctx.cost_usd, ctx.model.name)
         cache.settle(ticket, entry, batch)
+
+
+def _no_entry() -> CacheEntry | None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)

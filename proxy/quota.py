@@ -165,6 +165,26 @@ class Quotas:
         The store unreachable (or its counters missing and the SQL log down): 503
         ``quota_unavailable``, or, failing open, None: the call goes on unheld (logged).
         """
+        return self.begin_reserve(reservation_id, principal, end_user, models, charge, None)(True)
+
+    def begin_reserve(
+        self,
+        reservation_id: str,
+        principal: Principal,
+        end_user: str | None,
+        models: Sequence[ModelEntry],
+        charge: Charge,
+        batch: ScriptBatch | None,
+    ) -> Callable[[bool], Reservation | None]:
+        """``reserve`` in two steps: its store round trip queued in ``batch`` (on Redis),
+        then the returned function, called once the batch ran, gives the reservation.
+
+        Called with ``is_needed=False`` (the call was answered from the cache, which costs
+        nothing against quotas) the function raises nothing: a hold already made is
+        returned, to be released when the call settles; a shortfall or an unreachable
+        store is no refusal. Without a batch the function reserves when called, and only
+        if needed.
+        """
         now = self._clock()
         month = month_of(datetime.fromtimestamp(now, UTC))
         scopes = scopes_for(principal, end_user, self._config.global_monthly_usd())
@@ -179,18 +199,41 @@ class Quotas:
             )
             for scope in scopes
         ]
-        try:
-            shortfall = self._reserve(month, reservation_id, holds, now)
-        except (RedisError, SQLAlchemyError, CountersMissing) as exc:
-            if not self._is_fail_open:
-                raise _store_down() from exc
-            log.warning("event=quota_unavailable policy=fail_open error=%s", type(exc).__name__)
-            return None
-        if shortfall is not None:
-            raise quota_refusal(scopes[shortfall.index], shortfall, charge, usd, month, now)
-        return Reservation(
-            reservation_id, month, tuple(s.name for s in scopes), charge.total_tokens, usd
-        )
+        queued: Callable[[], Shortfall | None] | None = None
+        if batch is not None and isinstance(self.store, RedisQuotaStore):
+            queued = self.store.queue_reserve(
+                month, reservation_id, holds, now + self._ttl, now, self._expire_at(month), batch
+            )
+
+        def finish(is_needed: bool) -> Reservation | None:
+            if queued is None and not is_needed:
+                return None
+            try:
+                if queued is None:
+                    shortfall = self._reserve(month, reservation_id, holds, now)
+                else:
+                    try:
+                        shortfall = queued()
+                    except CountersMissing:
+                        if not is_needed:
+                            return None
+                        shortfall = self._reserve(month, reservation_id, holds, now)  # builds
+            except (RedisError, SQLAlchemyError, CountersMissing) as exc:
+                if not is_needed:
+                    return None
+                if not self._is_fail_open:
+                    raise _store_down() from exc
+                log.warning("event=quota_unavailable policy=fail_open error=%s", type(exc).__name__)
+                return None
+            if shortfall is not None:
+                if not is_needed:
+                    return None
+                raise quota_refusal(scopes[shortfall.index], shortfall, charge, usd, month, now)
+            return Reservation(
+                reservation_id, month, tuple(s.name for s in scopes), charge.total_tokens, usd
+            )
+
+        return finish
 
     def settle(
         self,

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from redis import Redis
+from redis import Redis, RedisError
 
 from proxy.script_batch import ScriptBatch
 
@@ -181,6 +181,15 @@ class QuotaStore(Protocol):
     def counters(self, month: str, scope: str) -> Counters: ...
 
 
+def _shortfall(result: Any, month: str) -> Shortfall | None:
+    if result[0] == -1:
+        raise CountersMissing(month)
+    if result[0] == 0:
+        return None
+    measure: Literal["tokens", "usd"] = "tokens" if result[1] == 1 else "usd"
+    return Shortfall(int(result[0]) - 1, measure, int(result[2]), int(result[3]))
+
+
 def log_settle_failure(reservation_id: str, error: Exception) -> None:
     """The hold expires by itself; the SQL ledger keeps the cost."""
     log.warning(
@@ -213,6 +222,42 @@ class RedisQuotaStore:
         now: float,
         expire_at: int,
     ) -> Shortfall | None:
+        keys, args = self._reserve_call(month, reservation_id, holds, deadline, now, expire_at)
+        return _shortfall(self._reserve(keys=keys, args=args), month)
+
+    def queue_reserve(
+        self,
+        month: str,
+        reservation_id: str,
+        holds: Sequence[Hold],
+        deadline: float,
+        now: float,
+        expire_at: int,
+        batch: ScriptBatch,
+    ) -> Callable[[], Shortfall | None]:
+        """``reserve`` queued in ``batch``: once the batch ran, the returned function gives
+        its outcome (or raises what ``reserve`` would)."""
+        keys, args = self._reserve_call(month, reservation_id, holds, deadline, now, expire_at)
+        outcome: list[Any] = []
+        batch.add(self._reserve, keys, args, outcome.append)
+
+        def shortfall() -> Shortfall | None:
+            result = outcome[0] if outcome else RedisError("the batch did not run")
+            if isinstance(result, Exception):
+                raise result
+            return _shortfall(result, month)
+
+        return shortfall
+
+    @staticmethod
+    def _reserve_call(
+        month: str,
+        reservation_id: str,
+        holds: Sequence[Hold],
+        deadline: float,
+        now: float,
+        expire_at: int,
+    ) -> tuple[list[str], list[str | int]]:
         keys = [f"{PREFIX}:{{{month}}}:built"]
         args: list[str | int] = [int(now * 1000), int(deadline * 1000), reservation_id, expire_at]
         for hold in holds:
@@ -223,13 +268,7 @@ class RedisQuotaStore:
                 hold.tokens,
                 hold.usd,
             ]
-        result = self._reserve(keys=keys, args=args)
-        if result[0] == -1:
-            raise CountersMissing(month)
-        if result[0] == 0:
-            return None
-        measure: Literal["tokens", "usd"] = "tokens" if result[1] == 1 else "usd"
-        return Shortfall(int(result[0]) - 1, measure, int(result[2]), int(result[3]))
+        return keys, args
 
     def settle(
         self,

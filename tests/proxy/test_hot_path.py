@@ -44,13 +44,14 @@ GPT = "gpt-4o-mini"
 #                     counted in the moving window and the tokens charged in the sliding
 #                     window, each with the read of its window for the x-ratelimit-*
 #                     headers
-#   cache lookup   1  one script: the entry, or on a miss the single-flight claim
-#   quota reserve  1  one script, every scope (key, user, tenant, global)
-#   settle         1  one pipeline (proxy.script_batch): the answer stored in the cache
-#                     and its claim released (a miss), the token charge corrected to
-#                     the real usage (sliding window hit), the quota hold settled (a
-#                     miss; a hit reserves no quota)
-MISS_ROUND_TRIPS = 1 + 1 + 1 + 1
+#   cache lookup   1  one pipeline (proxy.script_batch): the cache's script (the entry, or
+#   + quota           on a miss the single-flight claim) and the quota reservation's
+#     reserve         (every scope: key, user, tenant, global); a hit's hold is released
+#                     when it settles
+#   settle         1  one pipeline: the answer stored in the cache and its claim released
+#                     (a miss), the token charge corrected to the real usage (sliding
+#                     window hit), the quota hold settled (or released, for a hit)
+MISS_ROUND_TRIPS = 1 + 1 + 1
 HIT_ROUND_TRIPS = 1 + 1 + 1
 
 

@@ -20,12 +20,14 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from proxy.charge import REQUEST_OVERHEAD_TOKENS
 from proxy.cli import main
 from proxy.quota import to_units
 from proxy.simulator import SimulatorThread
 from shared.accounts import Limits
 from shared.db import upgrade
 from shared.models import RequestRecord
+from shared.tokens import estimate_prompt_tokens
 from shared.usage import month_of
 from tests.proxy.limits_support import (
     DEAR_ANTHROPIC,
@@ -278,6 +280,25 @@ def test_a_cache_hit_costs_nothing_against_quotas(proxy: ProxyServer) -> None:
         "miss",
         "hit",
     )
+    assert counters(proxy, f"user:{acct.user_id}") == spent
+
+
+def test_a_cache_hit_is_served_past_a_quota_that_refuses_a_miss(proxy: ProxyServer) -> None:
+    """The cache lookup and the quota reservation share one Redis round trip, so a hit is
+    held for too: its hold is released, and a quota it would not fit refuses nothing."""
+    text = "cache me past the quota"
+    charge = estimate_prompt_tokens([text]) + REQUEST_OVERHEAD_TOKENS + 100
+    acct = make_account(
+        proxy.state.engine, limits=Limits(monthly_tokens=charge + 10, cache_ttl_seconds=60)
+    )
+    with client_for("openai", proxy.base_url, acct.key) as client:
+        first = ask(client, text=text, max_tokens=100)
+        spent = counters(proxy, f"user:{acct.user_id}")
+        hit = ask(client, text=text, max_tokens=100)
+        miss = ask(client, text="a question not asked before", max_tokens=100)
+    assert spent[0] > 10 and spent[2:] == (0, 0)  # what it used is more than the margin
+    assert (first.status, hit.status, hit.headers["x-metergate-cache"]) == (200, 200, "hit")
+    assert (miss.status, miss.body["error"]["code"]) == (429, "insufficient_quota")
     assert counters(proxy, f"user:{acct.user_id}") == spent
 
 
