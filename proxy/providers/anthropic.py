@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 from proxy.providers.base import UpstreamNotConfigured, UpstreamResponse
@@ -20,17 +19,14 @@ class AnthropicProvider:
             settings.upstream_read_timeout_seconds,
         )
         self._has_key = bool(settings.anthropic_api_key.get_secret_value())
-        api_key = settings.anthropic_api_key.get_secret_value() or "unset"
-
-        def make(anthropic: ModuleType) -> Any:
-            return anthropic.Anthropic(
-                api_key=api_key,
-                base_url=settings.anthropic_base_url,
-                max_retries=0,
-                timeout=self._timeout,
-            )
-
-        self._sdk = LazySdk("anthropic", make)
+        self._sdk = LazySdk(
+            "anthropic",
+            "Anthropic",
+            api_key=settings.anthropic_api_key.get_secret_value() or "unset",
+            base_url=settings.anthropic_base_url,
+            max_retries=0,
+            timeout=self._timeout,
+        )
 
     def send(
         self,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 from proxy.providers.base import (
@@ -27,17 +26,14 @@ class OpenAIProvider:
             settings.upstream_read_timeout_seconds,
         )
         self._has_key = bool(settings.openai_api_key.get_secret_value())
-        api_key = settings.openai_api_key.get_secret_value() or "unset"
-
-        def make(openai: ModuleType) -> Any:
-            return openai.OpenAI(
-                api_key=api_key,
-                base_url=settings.openai_base_url,
-                max_retries=0,
-                timeout=self._timeout,
-            )
-
-        self._sdk = LazySdk("openai", make)
+        self._sdk = LazySdk(
+            "openai",
+            "OpenAI",
+            api_key=settings.openai_api_key.get_secret_value() or "unset",
+            base_url=settings.openai_base_url,
+            max_retries=0,
+            timeout=self._timeout,
+        )
         self._moderation_timeout = settings.moderation_timeout_seconds
 
     def send(

@@ -27,13 +27,13 @@ class LazySdk:
     """A provider's SDK client, made on first use: a process that never calls a provider
     never imports its SDK (``anthropic`` alone holds ~40 MiB and takes 0.5-2 s to import).
 
-    ``make`` builds the client from the imported module; ``errors`` are the module's
+    The client is ``module.<client_class>(**options)``; ``get`` also gives the module's
     (APIStatusError, APITimeoutError, APIConnectionError), as ``send_raw`` takes them.
     """
 
-    def __init__(self, module: str, make: Callable[[ModuleType], Any]) -> None:
+    def __init__(self, module: str, client_class: str, **options: Any) -> None:
         self._module_name = module
-        self._make = make
+        self._make: Callable[[ModuleType], Any] = lambda sdk: getattr(sdk, client_class)(**options)
         self._lock = threading.Lock()
         self._module: ModuleType | None = None
         self._client: Any = None
