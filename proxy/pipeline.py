@@ -229,7 +229,10 @@ class Pipeline:
         self._settle_cache(ctx, answer, batch)
         self._settle_usage(ctx, batch)
         if batch is not None:
-            batch.run()
+            try:
+                batch.run()  # each stage handles its own outcome; Redis errors never escape
+            except Exception:  # a bug there must not cost the call its record
+                log.exception("event=settle_batch_failed request_id=%s", ctx.id)
         try:
             record = ctx.to_record()
             self.gateway.writer.submit(record)
