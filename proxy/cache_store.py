@@ -139,14 +139,13 @@ class RedisCacheStore:
         """``get_or_claim`` queued in ``batch``: once the batch ran, the returned function
         gives what it found (or raises CacheUnavailable)."""
         token, keys, args = self._get_or_claim_call(key, hold_seconds)
-        outcome: list[Any] = []
-        batch.add(self._get_or_claim, keys, args, outcome.append)
+        result = batch.later(self._get_or_claim, keys, args)
 
         def found() -> Found:
-            result = outcome[0] if outcome else RedisError("the batch did not run")
-            if isinstance(result, Exception):
-                raise CacheUnavailable(f"get failed: {type(result).__name__}") from result
-            return _found(result, token)
+            try:
+                return _found(result(), token)
+            except RedisError as exc:
+                raise CacheUnavailable(f"get failed: {type(exc).__name__}") from exc
 
         return found
 

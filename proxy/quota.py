@@ -204,36 +204,45 @@ class Quotas:
             queued = self.store.queue_reserve(
                 month, reservation_id, holds, now + self._ttl, now, self._expire_at(month), batch
             )
+        reservation = Reservation(
+            reservation_id, month, tuple(s.name for s in scopes), charge.total_tokens, usd
+        )
 
         def finish(is_needed: bool) -> Reservation | None:
-            if queued is None and not is_needed:
-                return None
-            try:
-                if queued is None:
-                    shortfall = self._reserve(month, reservation_id, holds, now)
-                else:
-                    try:
-                        shortfall = queued()
-                    except CountersMissing:
-                        if not is_needed:
-                            return None
-                        shortfall = self._reserve(month, reservation_id, holds, now)  # builds
-            except (RedisError, SQLAlchemyError, CountersMissing) as exc:
-                if not is_needed:
+            if not is_needed:  # answered from the cache: only a hold already made matters
+                try:
+                    return reservation if queued is not None and queued() is None else None
+                except (RedisError, CountersMissing):
                     return None
+            try:
+                shortfall = self._queued_or_reserved(queued, month, reservation_id, holds, now)
+            except (RedisError, SQLAlchemyError, CountersMissing) as exc:
                 if not self._is_fail_open:
                     raise _store_down() from exc
                 log.warning("event=quota_unavailable policy=fail_open error=%s", type(exc).__name__)
                 return None
             if shortfall is not None:
-                if not is_needed:
-                    return None
                 raise quota_refusal(scopes[shortfall.index], shortfall, charge, usd, month, now)
-            return Reservation(
-                reservation_id, month, tuple(s.name for s in scopes), charge.total_tokens, usd
-            )
+            return reservation
 
         return finish
+
+    def _queued_or_reserved(
+        self,
+        queued: Callable[[], Shortfall | None] | None,
+        month: str,
+        reservation_id: str,
+        holds: list[Hold],
+        now: float,
+    ) -> Shortfall | None:
+        """The queued reservation's outcome; reserved here when none was queued, or when
+        the month's counters were missing (``_reserve`` builds them first)."""
+        if queued is not None:
+            try:
+                return queued()
+            except CountersMissing:
+                pass
+        return self._reserve(month, reservation_id, holds, now)
 
     def settle(
         self,

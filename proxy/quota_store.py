@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from redis import Redis, RedisError
+from redis import Redis
 
 from proxy.script_batch import ScriptBatch
 
@@ -238,16 +238,8 @@ class RedisQuotaStore:
         """``reserve`` queued in ``batch``: once the batch ran, the returned function gives
         its outcome (or raises what ``reserve`` would)."""
         keys, args = self._reserve_call(month, reservation_id, holds, deadline, now, expire_at)
-        outcome: list[Any] = []
-        batch.add(self._reserve, keys, args, outcome.append)
-
-        def shortfall() -> Shortfall | None:
-            result = outcome[0] if outcome else RedisError("the batch did not run")
-            if isinstance(result, Exception):
-                raise result
-            return _shortfall(result, month)
-
-        return shortfall
+        result = batch.later(self._reserve, keys, args)
+        return lambda: _shortfall(result(), month)
 
     @staticmethod
     def _reserve_call(

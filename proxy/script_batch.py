@@ -35,6 +35,20 @@ class ScriptBatch:
     def add(self, script: Script, keys: Sequence[Any], args: Sequence[Any], then: Outcome) -> None:
         self._calls.append((script, keys, args, then))
 
+    def later(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Callable[[], Any]:
+        """Queue a script whose result the caller reads after ``run``: the returned function
+        gives it, or raises the error the script met."""
+        outcome: list[Any] = []
+        self.add(script, keys, args, outcome.append)
+
+        def result() -> Any:
+            found = outcome[0] if outcome else RedisError("the batch did not run")
+            if isinstance(found, Exception):
+                raise found
+            return found
+
+        return result
+
     def run(self) -> None:
         """Send every queued script in one round trip; each outcome gets its result."""
         calls, self._calls = self._calls, []

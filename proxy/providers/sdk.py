@@ -38,10 +38,6 @@ class LazySdk:
         self._module: ModuleType | None = None
         self._client: Any = None
 
-    @property
-    def is_loaded(self) -> bool:
-        return self._client is not None
-
     def get(self) -> tuple[Any, tuple[type[Exception], type[Exception], type[Exception]]]:
         if self._client is None:
             with self._lock:

@@ -104,3 +104,20 @@ def test_an_unreachable_redis_is_every_stages_outcome_and_nothing_raises() -> No
 
     assert len(outcomes) == 2
     assert all(isinstance(outcome, redis.ConnectionError) for outcome in outcomes)
+
+
+def test_a_result_read_later_is_the_scripts_reply_or_raises_its_error(
+    client: redis.Redis,
+) -> None:
+    incr, fail = client.register_script(INCR_BY), client.register_script(FAIL)
+    key = f"batch:{uuid.uuid4().hex}"
+    batch = ScriptBatch(client)
+    counted = batch.later(incr, [key], [3])
+    failed = batch.later(fail, [key], [])
+
+    batch.run()
+
+    assert counted() == 3
+    with pytest.raises(ResponseError, match="stage failed"):
+        failed()
+    client.delete(key)
