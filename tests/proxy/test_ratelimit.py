@@ -21,11 +21,12 @@ from flask_limiter.util import get_remote_address
 from proxy.charge import REQUEST_OVERHEAD_TOKENS
 from proxy.cli import main
 from proxy.errors import RateLimited
-from proxy.ratelimit import RateLimits, format_duration, seconds_until_fits
+from proxy.ratelimit import RateLimits, build_rate_limits, format_duration, seconds_until_fits
 from proxy.simulator import SimulatorThread
 from shared import accounts
 from shared.accounts import Limits
 from shared.db import transaction, upgrade
+from shared.settings import Settings
 from shared.tokens import estimate_prompt_tokens
 from tests.proxy.limits_support import (
     REDIS_PROXY_URL,
@@ -435,6 +436,19 @@ def test_a_refused_call_takes_no_tokens(shared_redis: redis.Redis, store: str) -
     limits.correct(served, 100)
     after = limits.check(principal_with(rpm=5, tpm=1000, user_id=principal.user_id), None, 0)
     assert after.tokens is not None and after.tokens.remaining == 900
+
+
+def test_the_limiter_adds_no_per_request_hooks_and_still_limits() -> None:
+    """The stages call the limiter themselves: flask-limiter's own before/after/teardown
+    hooks are taken off the app (they only cost CPU), and its strategies still count."""
+    app = Flask(__name__)
+    limits = build_rate_limits(app, Settings(redis_url=""), None)
+    hooks = [*app.before_request_funcs.get(None, []), *app.after_request_funcs.get(None, [])]
+    assert [*hooks, *app.teardown_request_funcs.get(None, [])] == []
+    principal = principal_with(rpm=1, tpm=1000)
+    limits.check(principal, None, 10)
+    with pytest.raises(RateLimited):
+        limits.check(principal, None, 10)
 
 
 # -- helpers -------------------------------------------------------------------------------
