@@ -19,7 +19,7 @@ from typing import Any
 
 from redis import Redis, RedisError
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 Outcome = Callable[[Any], None]  # given the script's result, or the exception it met
 
@@ -64,15 +64,31 @@ class ScriptBatch:
 def run_scripts(
     redis: Redis, calls: Sequence[tuple[Script, Sequence[Any], Sequence[Any]]]
 ) -> list[Any]:
-    """Run ``calls`` in one pipeline. Each result is the script's reply or, when that
-    script failed, the exception (never raised here)."""
-    pipe = redis.pipeline(transaction=False)
-    for script, keys, args in calls:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    """Run ``calls`` in one round trip. Each result is the script's reply or, when that
+    script failed, the exception (never raised here).
+
+    What redis-py's non-transactional pipeline does, without its per-call machinery
+    (command stack, callbacks, reset): every ``EVALSHA`` packed into one write on one
+    pooled connection, then each reply read in turn; the connection's own retry policy
+    applies to the round trip, as it does to a pipeline's.
+    """
+    if not calls:
+        return []
+    commands = [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls]
+    pool = redis.connection_pool
     try:
-        results: list[Any] = list(pipe.execute(raise_on_error=False))
-    except RedisError as exc:  # the round trip itself failed: every script met it
+        connection: Any = pool.get_connection()
+    except RedisError as exc:  # no connection to be had: every script met it
         return [exc] * len(calls)
+    try:
+        results: list[Any] = connection.retry.call_with_retry(
+            lambda: _exchange(connection, commands), lambda _: connection.disconnect()
+        )
+    except RedisError as exc:  # the round trip itself failed: every script met it
+        connection.disconnect()
+        return [exc] * len(calls)
+    finally:
+        pool.release(connection)
     for index, result in enumerate(results):
         if isinstance(result, NoScriptError):  # Redis restarted or flushed its scripts
             script, keys, args = calls[index]
@@ -81,3 +97,17 @@ def run_scripts(
             except RedisError as exc:
                 results[index] = exc
     return results
+
+
+def _exchange(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` in one write; read one reply each (an error reply is returned
+    as its exception: the replies after it are still read, so the connection stays in
+    step)."""
+    connection.send_packed_command(connection.pack_commands(commands))
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(connection.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies

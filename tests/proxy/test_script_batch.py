@@ -121,3 +121,33 @@ def test_a_result_read_later_is_the_scripts_reply_or_raises_its_error(
     with pytest.raises(ResponseError, match="stage failed"):
         failed()
     client.delete(key)
+
+
+def test_a_connection_redis_closed_costs_no_stage_its_outcome(
+    client: redis.Redis, redis_url: str
+) -> None:
+    """Redis dropped the pooled connection between calls (restart, idle timeout, kill):
+    the next batch still runs every script once, on a fresh connection."""
+    incr = client.register_script(INCR_BY)
+    key = f"batch:{uuid.uuid4().hex}"
+    first = ScriptBatch(client)
+    read_first = first.later(incr, [key], [1])
+    first.run()
+    pool = client.connection_pool
+    connection: Any = pool.get_connection()
+    connection.send_command("CLIENT", "ID")
+    connection_id = connection.read_response()
+    pool.release(connection)
+    killer = redis.Redis.from_url(redis_url)
+    try:
+        assert killer.client_kill_filter(_id=connection_id) == 1
+    finally:
+        killer.close()
+
+    second = ScriptBatch(client)
+    read_second = second.later(incr, [key], [10])
+    second.run()
+
+    assert (read_first(), read_second()) == (1, 11)
+    assert int(client.get(key) or 0) == 11
+    client.delete(key)
