@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 UNKNOWN = "-"
 OTHER_ENDPOINT = "other"
+GAUGE_SECONDS = 1.0  # how often a worker's calls refresh its queue gauges
 
 # Seconds; calls to LLMs run from milliseconds (cache hits) to minutes (long streams).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -71,6 +74,8 @@ class Metrics:
         self._writer = writer
         self._breakers = breakers
         self._model = model
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._gauges_due = 0.0
         self.registry = CollectorRegistry(auto_describe=True)
         self.multiproc_dir = os.environ.get(MULTIPROC_DIR_ENV) or None
         is_multiprocess_value = bool(getattr(values.ValueClass, "_multiprocess", False))
@@ -199,30 +204,45 @@ class Metrics:
         model = (record.model or UNKNOWN) if is_known_model else UNKNOWN
         provider = record.provider or UNKNOWN
         endpoint = OTHER_ENDPOINT if record.endpoint.startswith("/") else record.endpoint
-        self.requests.labels(
+        self._child(
+            self.requests,
             record.dialect,
             endpoint,
             model,
             str(record.status),
             "hit" if record.is_cached else "miss",
         ).inc()
-        self.latency.labels(record.dialect, endpoint).observe(record.latency_ms / 1000.0)
+        self._child(self.latency, record.dialect, endpoint).observe(record.latency_ms / 1000.0)
         if record.overhead_ms is not None:
-            self.overhead.labels(record.dialect, endpoint).observe(record.overhead_ms / 1000.0)
+            self._child(self.overhead, record.dialect, endpoint).observe(
+                record.overhead_ms / 1000.0
+            )
         if record.upstream_latency_ms is not None:
-            self.upstream_latency.labels(provider, model).observe(
+            self._child(self.upstream_latency, provider, model).observe(
                 record.upstream_latency_ms / 1000.0
             )
         if record.ttft_ms is not None:
             stream = "true" if record.is_stream else "false"
-            self.ttft.labels(provider, model, stream).observe(record.ttft_ms / 1000.0)
+            self._child(self.ttft, provider, model, stream).observe(record.ttft_ms / 1000.0)
         if is_known_model:
             self._observe_usage(record, provider, model)
         reason = refusal_reason(record)
         if reason is not None:
-            self.refusals.labels(record.dialect, reason).inc()
+            self._child(self.refusals, record.dialect, reason).inc()
         self._observe_attempts(record)
-        self.update_gauges()
+        now = time.monotonic()
+        if now >= self._gauges_due:  # a scrape updates them anyway; calls, once a second
+            self._gauges_due = now + GAUGE_SECONDS
+            self.update_gauges()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, kept: prometheus_client checks and locks on every
+        ``labels`` call, and a call observes about ten of them."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def _observe_usage(self, record: CallRecord, provider: str, model: str) -> None:
         if not record.is_cached:
@@ -233,11 +253,11 @@ class Metrics:
                 ("cache_write", record.cache_write_tokens),
             ):
                 if count:
-                    self.tokens.labels(provider, model, kind).inc(count)
+                    self._child(self.tokens, provider, model, kind).inc(count)
         if record.cost_usd:
-            self.cost.labels(provider, model).inc(float(record.cost_usd))
+            self._child(self.cost, provider, model).inc(float(record.cost_usd))
         if record.cache_saved_usd:
-            self.cache_saved.labels(provider, model).inc(float(record.cache_saved_usd))
+            self._child(self.cache_saved, provider, model).inc(float(record.cache_saved_usd))
 
     def _observe_attempts(self, record: CallRecord) -> None:
         """Attempts, retries, and the breaker state of every model the call tried."""
@@ -250,13 +270,13 @@ class Metrics:
             result = str(attempt.get("error") or attempt.get("status") or "ok")
             if attempt.get("status") and int(attempt["status"]) < 400:
                 result = "ok"
-            self.upstream_attempts.labels(entry.provider, entry.name, result).inc()
+            self._child(self.upstream_attempts, entry.provider, entry.name, result).inc()
             if result != "circuit_open":
                 if name in tried:
-                    self.upstream_retries.labels(entry.provider, entry.name).inc()
+                    self._child(self.upstream_retries, entry.provider, entry.name).inc()
                 tried.add(name)
             state = self._breakers.state((entry.provider, entry.upstream_model))
-            self.breaker_state.labels(entry.provider, entry.name).set(BREAKER_VALUES[state])
+            self._child(self.breaker_state, entry.provider, entry.name).set(BREAKER_VALUES[state])
 
 
 def refusal_reason(record: CallRecord) -> str | None:
