@@ -2,7 +2,7 @@
 
 The hot path never waits on SQL for config it has seen: a key is looked up
 once, then served from memory. A background thread reads the config version
-(from Redis when configured, else from SQL) every ``config_poll_seconds`` and
+(from SQL, one indexed row) every ``config_poll_seconds`` and
 clears the cache when it changed, so a revoked key stops working on every
 process within that interval plus one lookup.
 """

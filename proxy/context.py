@@ -80,7 +80,8 @@ class CallContext:
         facts = self.facts
         model = self.model
         storage = principal.body_storage if principal else FULL
-        return CallRecord(
+        # Built from the gateway's own typed values: constructed, not validated again.
+        return CallRecord.model_construct(
             id=self.id,
             client_request_id=self.client_request_id,
             created_at=self.created_at,

@@ -371,9 +371,8 @@ class Pipeline:
         ctx.cache_saved_usd = price_prompt_cache_savings(ctx.usage, ctx.answered_model or ctx.model)
         tracing.mark(ctx, "answer")
         ctx.first_token_at = time.perf_counter()
-        response = Response(raw, status=upstream.status, mimetype="application/json")
-        response.headers.update(passed_response_headers(upstream.headers))
-        response.headers.update(gateway_headers(ctx))
+        passed = {**passed_response_headers(upstream.headers), **gateway_headers(ctx)}
+        response = Response(raw, upstream.status, passed, mimetype="application/json")
         self.record(ctx, fetched.answer if upstream.status == 200 else None)
         return response
 

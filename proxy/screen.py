@@ -43,7 +43,16 @@ class Moderator(Protocol):
 def moderator_of(providers: Mapping[str, object]) -> Moderator | None:
     """The provider that can run moderation checks (OpenAI's), if there is one."""
     provider = providers.get("openai")
-    return provider if isinstance(provider, Moderator) else None
+    if provider is None:
+        return None
+    kind = type(provider)
+    is_moderator = _IS_MODERATOR.get(kind)
+    if is_moderator is None:  # a runtime Protocol check is slow: once per class, not per call
+        is_moderator = _IS_MODERATOR[kind] = isinstance(provider, Moderator)
+    return provider if is_moderator else None  # type: ignore[return-value]
+
+
+_IS_MODERATOR: dict[type, bool] = {}
 
 
 def screen(
