@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Protocol
 
 import orjson
 from redis import Redis
@@ -207,24 +208,30 @@ class ResponseCache:
         """
         return self.begin_lookup(ticket, None)()
 
-    def begin_lookup(
-        self, ticket: CacheTicket, batch: ScriptBatch | None
-    ) -> Callable[[], CacheEntry | None]:
+    def begin_lookup(self, ticket: CacheTicket, batch: ScriptBatch | None) -> Lookup:
         """``lookup`` in two steps: its store round trip queued in ``batch`` (on Redis),
         then the returned function, called once the batch ran, gives what it found.
-        Without a batch the function does the whole lookup when called."""
+        Without a batch the function does the whole lookup when called.
+
+        Called with ``may_wait=False`` (a call refused after its lookup was sent), it
+        only takes note of the claim the call got, for ``settle`` to end, and waits for
+        no other call's answer."""
         if not ticket.is_lookup:
             return _nothing
         hold = self._lock_wait if ticket.ttl_seconds > 0 else None
         if batch is not None and isinstance(self._store, RedisCacheStore):
             queued = self._store.queue_get_or_claim(ticket.key, hold, batch)
-            return lambda: self._finish_lookup(ticket, hold, queued)
-        return lambda: self._finish_lookup(
-            ticket, hold, lambda: self._store.get_or_claim(ticket.key, hold)
+            return lambda may_wait=True: self._finish_lookup(ticket, hold, queued, may_wait)
+        return lambda may_wait=True: self._finish_lookup(
+            ticket, hold, lambda: self._store.get_or_claim(ticket.key, hold), may_wait
         )
 
     def _finish_lookup(
-        self, ticket: CacheTicket, hold: float | None, get: Callable[[], Found]
+        self,
+        ticket: CacheTicket,
+        hold: float | None,
+        get: Callable[[], Found],
+        may_wait: bool = True,
     ) -> CacheEntry | None:
         try:
             found = get()
@@ -233,6 +240,8 @@ class ResponseCache:
             if hold is None:
                 return None
             if found.token is None:
+                if not may_wait:
+                    return None
                 raw = self._store.wait(ticket.key, self._lock_wait)
                 return CacheEntry.from_bytes(raw) if raw is not None else None
             ticket.claim_token = found.token
@@ -267,8 +276,14 @@ class ResponseCache:
         return entry
 
 
-def _nothing() -> CacheEntry | None:
+def _nothing(may_wait: bool = True) -> CacheEntry | None:
     return None
+
+
+class Lookup(Protocol):
+    """What ``ResponseCache.begin_lookup`` returns: call it once the batch ran."""
+
+    def __call__(self, may_wait: bool = True) -> CacheEntry | None: ...
 
 
 def build_response_cache(settings: Settings, redis: Redis | None) -> ResponseCache:

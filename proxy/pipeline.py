@@ -28,7 +28,7 @@ from redis import Redis
 
 from proxy import tracing
 from proxy.auth import authenticate
-from proxy.cache import CacheEntry, ResponseCache
+from proxy.cache import CacheEntry, Lookup, ResponseCache
 from proxy.charge import Charge, charge_for
 from proxy.config_cache import ConfigCache
 from proxy.context import CallContext
@@ -53,7 +53,7 @@ from proxy.output_schema import (
 from proxy.prompt_cache import mark_system_prompt
 from proxy.providers.base import Provider, UpstreamError, UpstreamResponse, UpstreamUnreachable
 from proxy.quota import Quotas, Reservation
-from proxy.ratelimit import RateLimits
+from proxy.ratelimit import RateGrant, RateLimits
 from proxy.read_deadline import ReadDeadlines
 from proxy.recorder import RecordWriter
 from proxy.replay import replay_stream
@@ -169,19 +169,7 @@ class Pipeline:
             tracing.mark(ctx, "resolve_model")
             ctx.model = resolve_model(gw.config, ctx.principal, ctx.facts.model, endpoint.provider)
             tracing.mark(ctx, "rate_limit")
-            self._limit_rate(ctx)
-            tracing.mark(ctx, "screen")
-            if ctx.facts.previous_response_id is not None:
-                self.require_owner(ctx, ctx.facts.previous_response_id, "previous_response_id")
-            ctx.flag_reasons += screen(
-                ctx.facts,
-                ctx.principal,
-                gw.config.screening_rules(ctx.principal.tenant_id),
-                max_messages=gw.max_messages,
-                moderator=moderator_of(gw.providers),
-            )
-            tracing.mark(ctx, "cache_lookup")
-            hit = self._look_up_and_reserve(ctx, endpoint, body, request_headers)
+            hit = self._admit(ctx, endpoint, body, request_headers)
             if hit is not None:
                 return self._serve_cached(ctx, endpoint, hit)
             tracing.mark(ctx, "upstream")
@@ -252,13 +240,17 @@ class Pipeline:
         retries = self.gateway.output_retries if ctx.facts.output_schema is not None else 0
         return charge_for(ctx.facts, ctx.principal, attempts=1 + retries)
 
-    def _limit_rate(self, ctx: CallContext) -> None:
+    def _begin_limit_rate(
+        self, ctx: CallContext, batch: ScriptBatch | None
+    ) -> Callable[[], RateGrant] | None:
+        """Count the call against its rate limits (``RateLimits.begin_check``); None when
+        there are none. Call the returned function once ``batch`` ran."""
         limits = self.gateway.rate_limits
         if limits is None:
-            return
+            return None
         assert ctx.principal is not None and ctx.facts is not None
         charged = self._charge(ctx).total_tokens
-        ctx.rate_grant = limits.check(ctx.principal, ctx.facts.end_user, charged)
+        return limits.begin_check(ctx.principal, ctx.facts.end_user, charged, batch)
 
     def _begin_reserve(
         self, ctx: CallContext, batch: ScriptBatch | None
@@ -612,22 +604,47 @@ class Pipeline:
 
     # -- response cache ---------------------------------------------------------------
 
-    def _look_up_and_reserve(
+    def _admit(
         self, ctx: CallContext, endpoint: Endpoint, body: JsonObject, headers: dict[str, str]
     ) -> CacheEntry | None:
-        """The cached answer to this call, if any (on a miss the call holds its ticket); on
-        a miss, its quota reservation too (``ctx.reservation``), or QuotaExceeded.
+        """Rate limits, screening, the cache lookup and the quota reservation, in that
+        order of precedence: the cached answer to this call, if any (on a miss the call
+        holds its ticket and, on a miss, its reservation in ``ctx.reservation``).
 
-        On Redis the cache read-and-claim and the reservation go in one round trip. A hit
-        costs nothing against quotas: a hold made for it is released when the call settles
-        (with zero usage), and a quota it would not fit refuses nothing.
+        On Redis the rate limits' last scripts, the cache read-and-claim and the
+        reservation go in one round trip, before screening (which needs no Redis). A call
+        refused after it (rate limit, screening) keeps what that round trip took only
+        until it settles: its claim is ended and its hold released with zero usage. A hit
+        costs nothing against quotas: its hold is released the same way, and a quota it
+        would not fit refuses nothing.
         """
         gw = self.gateway
+        assert ctx.facts is not None and ctx.principal is not None
         batch = ScriptBatch(gw.redis) if gw.redis is not None else None
+        finish_rate = self._begin_limit_rate(ctx, batch)
         lookup = self._begin_look_up(ctx, endpoint, body, headers, batch)
         reserve = self._begin_reserve(ctx, batch)
         if batch is not None:
             batch.run()
+        try:
+            if finish_rate is not None:
+                ctx.rate_grant = finish_rate()
+            tracing.mark(ctx, "screen")
+            if ctx.facts.previous_response_id is not None:
+                self.require_owner(ctx, ctx.facts.previous_response_id, "previous_response_id")
+            ctx.flag_reasons += screen(
+                ctx.facts,
+                ctx.principal,
+                gw.config.screening_rules(ctx.principal.tenant_id),
+                max_messages=gw.max_messages,
+                moderator=moderator_of(gw.providers),
+            )
+        except BaseException:  # refused: what the round trip took is given back at settle
+            lookup(may_wait=False)
+            if reserve is not None:
+                ctx.reservation = reserve(False)
+            raise
+        tracing.mark(ctx, "cache_lookup")
         hit = lookup()
         tracing.mark(ctx, "reserve_quota")
         if reserve is not None:
@@ -641,7 +658,7 @@ class Pipeline:
         body: JsonObject,
         headers: dict[str, str],
         batch: ScriptBatch | None,
-    ) -> Callable[[], CacheEntry | None]:
+    ) -> Lookup:
         cache = self.gateway.cache
         assert ctx.principal is not None and ctx.model is not None
         if cache is None:
@@ -693,7 +710,7 @@ class Pipeline:
         cache.settle(ticket, entry, batch)
 
 
-def _no_entry() -> CacheEntry | None:
+def _no_entry(may_wait: bool = True) -> CacheEntry | None:
     return None
 
 

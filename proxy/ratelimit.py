@@ -182,24 +182,40 @@ class _PipelinedWindows:
         acquired, window = self._run(*self._token_calls(item, ids, cost))
         return self._token_result(acquired, window)
 
-    def hit_all(
+    def begin_hit_all(
         self,
-        request: tuple[RateLimitItem, tuple[str, ...]],
+        request: tuple[RateLimitItem, tuple[str, ...]] | None,
         token_limits: list[tuple[RateLimitItem, tuple[str, ...]]],
         cost: int,
-    ) -> tuple[tuple[bool, float, int], list[tuple[bool, Sliding]]]:
-        """``hit_requests`` on ``request`` and ``hit_tokens`` on each of ``token_limits``,
-        all in one round trip."""
+        batch: ScriptBatch | None,
+    ) -> Callable[[], tuple[tuple[bool, float, int] | None, list[tuple[bool, Sliding]]]]:
+        """``hit_requests`` on ``request`` (if any) and ``hit_tokens`` on each of
+        ``token_limits``, all in one round trip: queued in ``batch`` (sent with the call's
+        other scripts), else sent now. The returned function gives the results (raising
+        the RedisError a script met)."""
         now = time.time()
-        calls = list(self._request_calls(*request, now))
+        calls = list(self._request_calls(*request, now)) if request is not None else []
         for item, ids in token_limits:
             calls += self._token_calls(item, ids, cost)
-        results = self._run(*calls)
-        tokens = [
-            self._token_result(results[index], results[index + 1])
-            for index in range(2, len(results), 2)
-        ]
-        return self._request_result(results[0], results[1], now), tokens
+        if batch is None:
+            sent = self._run(*calls)
+            replies: Callable[[], list[Any]] = lambda: sent  # noqa: E731
+        else:
+            readers = [batch.later(script, keys, args) for script, keys, args in calls]
+            replies = lambda: [read() for read in readers]  # noqa: E731
+
+        def results() -> tuple[tuple[bool, float, int] | None, list[tuple[bool, Sliding]]]:
+            found = replies()
+            start = 0 if request is None else 2
+            tokens = [
+                self._token_result(found[index], found[index + 1])
+                for index in range(start, len(found), 2)
+            ]
+            if request is None:
+                return None, tokens
+            return self._request_result(found[0], found[1], now), tokens
+
+        return results
 
     def queue_token_hit(
         self,
@@ -292,15 +308,40 @@ class RateLimits:
         Redis unreachable: 503 ``rate_limits_unavailable``, or, failing open, a grant that
         limits nothing (logged).
         """
+        return self.begin_check(principal, end_user, tokens, None)()
+
+    def begin_check(
+        self,
+        principal: Principal,
+        end_user: str | None,
+        tokens: int,
+        batch: ScriptBatch | None,
+    ) -> Callable[[], RateGrant]:
+        """``check`` in two steps. On Redis its last round trip (the widest request limit
+        and every token charge) is queued in ``batch``, to go with the call's other
+        scripts; the returned function, called once the batch ran, gives the grant or
+        raises as ``check`` does. Without a batch that round trip is made now. A narrower
+        request limit (a caller with several) is counted now, and may refuse here."""
         try:
-            return self._check(principal, end_user, tokens)
+            finish = self._begin_check(principal, end_user, tokens, batch)
         except RedisError as exc:
-            if not self._is_fail_open:
-                raise _store_down() from exc
-            log.warning(
-                "event=rate_limits_unavailable policy=fail_open error=%s", type(exc).__name__
-            )
-            return RateGrant(charged_tokens=tokens)
+            grant = self._unavailable(exc, tokens)
+            return lambda: grant
+
+        def finished() -> RateGrant:
+            try:
+                return finish()
+            except RedisError as exc:
+                return self._unavailable(exc, tokens)
+
+        return finished
+
+    def _unavailable(self, exc: RedisError, tokens: int) -> RateGrant:
+        """Redis failed the check: 503, or (failing open) a grant that limits nothing."""
+        if not self._is_fail_open:
+            raise _store_down() from exc
+        log.warning("event=rate_limits_unavailable policy=fail_open error=%s", type(exc).__name__)
+        return RateGrant(charged_tokens=tokens)
 
     def correct(
         self, grant: RateGrant, actual_tokens: int, batch: ScriptBatch | None = None
@@ -367,7 +408,13 @@ class RateLimits:
 
     # -- internals --------------------------------------------------------------------
 
-    def _check(self, principal: Principal, end_user: str | None, tokens: int) -> RateGrant:
+    def _begin_check(
+        self,
+        principal: Principal,
+        end_user: str | None,
+        tokens: int,
+        batch: ScriptBatch | None,
+    ) -> Callable[[], RateGrant]:
         grant = RateGrant(charged_tokens=tokens)
         scopes = _scopes(principal, end_user)
         requests: list[_Limit] = [
@@ -380,34 +427,54 @@ class RateLimits:
             for scope in scopes
             if scope.tpm is not None
         ]
-        charged: list[tuple[bool, Sliding]] | None = None
-        for index, (scope, item, ids) in enumerate(requests):
-            if self._pipelined is not None and index == len(requests) - 1 and token_limits:
-                # The widest request limit and every token charge: one round trip.
-                (is_hit, start, count), charged = self._pipelined.hit_all(
-                    (item, ids),
-                    [(limit, limit_ids) for _, limit, limit_ids in token_limits],
-                    tokens,
-                )
-                window = self._moving_window(item, item.amount - count, start + item.get_expiry())
-            else:
-                is_hit, window = self._hit_requests(item, ids)
+        pipelined = self._pipelined
+        # On Redis the widest request limit goes with the token charges, in one round trip.
+        widest = requests[-1] if pipelined is not None and requests else None
+        for scope, item, ids in requests if widest is None else requests[:-1]:
+            is_hit, window = self._hit_requests(item, ids)
             if not is_hit:
-                refusal = self._requests_refusal(scope, item, ids)
-                self._give_back(token_limits, charged or [], tokens)
-                raise refusal
+                raise self._requests_refusal(scope, item, ids)
             grant.requests = _stricter(grant.requests, window)
-        if charged is None:
-            charged = self._hit_tokens_in_turn(token_limits, tokens)
+        if pipelined is None:  # in process: nothing to wait for
+            self._take_tokens(grant, token_limits, self._hit_tokens_in_turn(token_limits, tokens))
+            return lambda: grant
+        if widest is None and not token_limits:
+            return lambda: grant
+        results = pipelined.begin_hit_all(
+            (widest[1], widest[2]) if widest is not None else None,
+            [(item, ids) for _, item, ids in token_limits],
+            tokens,
+            batch,
+        )
+
+        def finish() -> RateGrant:
+            counted, charged = results()
+            if widest is not None and counted is not None:
+                scope, item, ids = widest
+                is_hit, start, count = counted
+                if not is_hit:
+                    refusal = self._requests_refusal(scope, item, ids)
+                    self._give_back(token_limits, charged, tokens)
+                    raise refusal
+                window = self._moving_window(item, item.amount - count, start + item.get_expiry())
+                grant.requests = _stricter(grant.requests, window)
+            self._take_tokens(grant, token_limits, charged)
+            return grant
+
+        return finish
+
+    def _take_tokens(
+        self, grant: RateGrant, token_limits: list[_Limit], charged: list[tuple[bool, Sliding]]
+    ) -> None:
+        """Keep the charges in ``grant``; RateLimited (all given back) if one did not fit."""
         for (scope, item, ids), (is_hit, _) in zip(token_limits, charged, strict=False):
             if not is_hit:
-                refusal = self._tokens_refusal(scope, item, ids, tokens)
-                self._give_back(token_limits, charged, tokens)
+                refusal = self._tokens_refusal(scope, item, ids, grant.charged_tokens)
+                self._give_back(token_limits, charged, grant.charged_tokens)
                 raise refusal
         for (_, item, ids), (_, sliding) in zip(token_limits, charged, strict=True):
             grant.token_hits.append((item, ids))
             grant.tokens = _stricter(grant.tokens, self._window_of(item, sliding, item.amount))
-        return grant
 
     def _hit_tokens_in_turn(
         self, token_limits: list[_Limit], tokens: int

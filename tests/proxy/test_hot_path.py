@@ -40,19 +40,18 @@ GPT = "gpt-4o-mini"
 
 # Redis round trips per call, stage by stage (the user's tier sets rpm and tpm; the key
 # has no overrides of its own, so only the user scope is rate limited):
-#   rate limits    1  flask-limiter's (limits') scripts in one pipeline: the request
-#                     counted in the moving window and the tokens charged in the sliding
-#                     window, each with the read of its window for the x-ratelimit-*
-#                     headers
-#   cache lookup   1  one pipeline (proxy.script_batch): the cache's script (the entry, or
-#   + quota           on a miss the single-flight claim) and the quota reservation's
-#     reserve         (every scope: key, user, tenant, global); a hit's hold is released
-#                     when it settles
+#   admit          1  one pipeline (proxy.script_batch) of three stages' scripts:
+#                     rate limits: flask-limiter's (limits') scripts, the request counted
+#                       in the moving window and the tokens charged in the sliding window,
+#                       each with the read of its window for the x-ratelimit-* headers;
+#                     cache lookup: the entry, or on a miss the single-flight claim;
+#                     quota reserve: every scope (key, user, tenant, global); a hit's hold
+#                       is released when it settles
 #   settle         1  one pipeline: the answer stored in the cache and its claim released
 #                     (a miss), the token charge corrected to the real usage (sliding
 #                     window hit), the quota hold settled (or released, for a hit)
-MISS_ROUND_TRIPS = 1 + 1 + 1
-HIT_ROUND_TRIPS = 1 + 1 + 1
+MISS_ROUND_TRIPS = 1 + 1
+HIT_ROUND_TRIPS = 1 + 1
 
 
 @dataclass
