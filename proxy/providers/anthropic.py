@@ -38,8 +38,7 @@ class AnthropicProvider:
     ) -> UpstreamResponse:
         self._require_key()
         timeout = clipped_timeout(self._timeout, timeout_seconds)
-        client, errors = self._sdk.get()
-        return send_raw(client, "POST", path, body, headers, errors, timeout)
+        return self._sdk.sender().post(path, body, headers, timeout)
 
     def request(self, method: str, path: str, headers: dict[str, str]) -> UpstreamResponse:
         self._require_key()

@@ -11,6 +11,7 @@ from types import ModuleType
 from typing import Any
 
 import httpx2
+import orjson
 
 from proxy.providers.base import (
     UpstreamHttpError,
@@ -33,10 +34,12 @@ class LazySdk:
 
     def __init__(self, module: str, client_class: str, **options: Any) -> None:
         self._module_name = module
-        self._make: Callable[[ModuleType], Any] = lambda sdk: getattr(sdk, client_class)(**options)
+        self._client_class = client_class
+        self._options = options
         self._lock = threading.Lock()
         self._module: ModuleType | None = None
         self._client: Any = None
+        self._sender: RawSender | None = None
 
     def get(self) -> tuple[Any, tuple[type[Exception], type[Exception], type[Exception]]]:
         if self._client is None:
@@ -44,7 +47,17 @@ class LazySdk:
                 if self._client is None:
                     started = time.perf_counter()
                     imported = importlib.import_module(self._module_name)
-                    self._module, self._client = imported, self._make(imported)
+                    make = getattr(imported, self._client_class)
+                    # The SDK's own default httpx client, as it would make for itself; given
+                    # explicitly so the raw sender shares its connection pool.
+                    http = imported.DefaultHttpxClient(
+                        base_url=self._options["base_url"], timeout=self._options["timeout"]
+                    )
+                    client = make(http_client=http, **self._options)
+                    self._sender = RawSender(
+                        http, str(client.base_url), sdk_headers(make, self._options)
+                    )
+                    self._module, self._client = imported, client
                     log.info(
                         "event=sdk_loaded sdk=%s seconds=%.2f",
                         self._module_name,
@@ -57,6 +70,13 @@ class LazySdk:
             module.APITimeoutError,
             module.APIConnectionError,
         )
+
+    def sender(self) -> RawSender:
+        """The hot path's POST: the SDK's headers and connection pool, none of its
+        per-call layers (``RawSender``)."""
+        self.get()
+        assert self._sender is not None
+        return self._sender
 
     def module(self) -> ModuleType:
         self.get()
@@ -105,6 +125,108 @@ def send_raw(
     except connection_error as exc:
         raise UpstreamUnreachable("the provider could not be reached") from exc
     return UpstreamResponse(response)
+
+
+# Headers the SDKs set per request, from the request's options; the rest are the client's.
+PER_CALL_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "x-stainless-retry-count",
+        "x-stainless-read-timeout",
+        "x-stainless-timeout",
+    }
+)
+_PROBE_URL = "/metergate-probe"
+
+
+def sdk_headers(
+    make: Callable[..., Any], options: dict[str, Any]
+) -> tuple[dict[str, str], frozenset[str]]:
+    """The headers an SDK client made with ``options`` sends on every request (auth,
+    version, user agent, its platform headers; ``X-Stainless-Raw-Response: stream``, as
+    ``send_raw`` asks), and the names of those it sets per call. Built by the SDK itself:
+    one request sent through its own request path to an in-memory transport."""
+    seen: list[httpx2.Request] = []
+
+    def keep(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        return httpx2.Response(200, content=b"{}")
+
+    with httpx2.Client(transport=httpx2.MockTransport(keep)) as http:
+        probe = make(http_client=http, **options)
+        probe.post(
+            _PROBE_URL, cast_to=httpx2.Response, body={}, options={"headers": dict(RAW_STREAM)}
+        ).close()
+    (request,) = seen
+    every = dict(request.headers.items())
+    kept = {name: value for name, value in every.items() if name not in PER_CALL_HEADERS}
+    return kept, frozenset(every) & PER_CALL_HEADERS
+
+
+class RawSender:
+    """POST a JSON body to a provider as its SDK would, without the SDK's per-call layers.
+
+    The profile of a worker under load put the SDK's own request path (options models,
+    URL and header merging, its retry and auth wrappers) at more of the upstream call's
+    CPU than the HTTP exchange itself. This sends the same request, on the SDK client's
+    own httpx client: its base URL, the headers it sends on every request
+    (``sdk_headers``), and the few it sets per call (the timeout it was given, and a
+    retry count of 0: the gateway retries, the SDK never does). ``tests/proxy/
+    test_raw_sender.py`` checks the requests are the same as the SDK's own, for both
+    SDKs. Errors are the ones ``send_raw`` raises.
+    """
+
+    def __init__(
+        self,
+        http: httpx2.Client,
+        base_url: str,
+        headers: tuple[dict[str, str], frozenset[str]],
+    ) -> None:
+        self._http = http
+        self._base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self._headers, per_call = headers
+        self._default_timeout = http.timeout
+        self._is_timeout_sent = "x-stainless-timeout" in per_call
+
+    def post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        timeout: httpx2.Timeout | None = None,
+    ) -> UpstreamResponse:
+        used = timeout if timeout is not None else self._default_timeout
+        sent = {**self._headers, **headers}
+        sent["x-stainless-retry-count"] = "0"
+        if used.read is not None:
+            sent["x-stainless-read-timeout"] = str(used.read)
+        if self._is_timeout_sent:  # anthropic's: the request's own timeout, if it had one
+            sent["x-stainless-timeout"] = str(timeout.read) if timeout is not None else "NOT_GIVEN"
+        request = self._http.build_request(
+            "POST",
+            self._base_url + path.lstrip("/"),
+            content=orjson.dumps(body),
+            headers=httpx2.Headers(sent, encoding="utf-8"),  # as the anthropic SDK encodes
+            timeout=used,
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx2.TimeoutException as exc:
+            raise UpstreamTimeout("the provider did not answer in time") from exc
+        except httpx2.HTTPError as exc:
+            raise UpstreamUnreachable("the provider could not be reached") from exc
+        if response.status_code >= 400:
+            try:
+                content = response.read()
+            except httpx2.HTTPError as exc:
+                raise UpstreamUnreachable("the provider could not be reached") from exc
+            finally:
+                response.close()
+            raise UpstreamHttpError(
+                response.status_code, content, {k.lower(): v for k, v in response.headers.items()}
+            )
+        return UpstreamResponse(response)
 
 
 def timeout_for(connect: float, first_byte: float, read: float) -> httpx2.Timeout:
