@@ -28,8 +28,11 @@ class LazySdk:
     """A provider's SDK client, made on first use: a process that never calls a provider
     never imports its SDK (``anthropic`` alone holds ~40 MiB and takes 0.5-2 s to import).
 
-    The client is ``module.<client_class>(**options)``; ``get`` also gives the module's
-    (APIStatusError, APITimeoutError, APIConnectionError), as ``send_raw`` takes them.
+    The client is ``module.<client_class>(http_client=..., **options)``, given the
+    httpx client the SDK would make for itself (``module.DefaultHttpxClient``) so that
+    ``sender`` (the hot path's ``RawSender``) shares its connection pool. ``get`` also
+    gives the module's (APIStatusError, APITimeoutError, APIConnectionError), as
+    ``send_raw`` (every other request) takes them.
     """
 
     def __init__(self, module: str, client_class: str, **options: Any) -> None:

@@ -1,19 +1,22 @@
-"""What the openai SDK's request path costs over its own httpx client, per upstream call.
+"""What the openai SDK's request path costs per upstream call, and what the gateway sends.
 
     .venv/bin/python -m tests.benchmarks.sdk_overhead [--calls 2000] [--rounds 3]
 
 The simulator runs as its own process (``tests.benchmarks.perf``); this process sends
-one small chat completion at a time, two ways, through the same ``openai.OpenAI``
-client (same connection pool, same headers):
+one small chat completion at a time, three ways, through one ``LazySdk`` (the same
+``openai.OpenAI`` client and connection pool, the same headers):
 
-- ``sdk``: what the gateway does (``proxy.providers.sdk.send_raw``: ``client.post`` with
-  ``X-Stainless-Raw-Response: stream``, the raw body read unparsed);
-- ``httpx``: the SDK's own httpx client, given a request built here from the SDK's
-  default headers (auth included) and an orjson body.
+- ``sdk``: the SDK's own request path (``proxy.providers.sdk.send_raw``: ``client.post``
+  with ``X-Stainless-Raw-Response: stream``, the raw body read unparsed), which the
+  gateway used for every upstream call until 1 December 2026;
+- ``raw``: what the gateway's hot path does now (``RawSender.post``: the headers the SDK
+  sends, captured once, and the per-call ones it would set; an orjson body; the SDK's
+  httpx client);
+- ``httpx``: the bare exchange on the same httpx client, with a request built here once
+  per call from the same headers and no per-call work: the lower bound.
 
 It prints this process's CPU per call (user + system, best of the rounds) and wall time
-per call, and what the SDK's layers add: the figure the README weighs when it keeps the
-SDK on the upstream path. Not collected by pytest.
+per call, and what each path adds over the bare exchange. Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 import openai
 import orjson
 
-from proxy.providers.sdk import send_raw, timeout_for
+from proxy.providers.sdk import LazySdk, sdk_headers, send_raw, timeout_for
 from tests.benchmarks.perf import MODEL, start_simulator
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}]}
@@ -57,25 +60,26 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as log_dir:
         simulator = start_simulator(Path(log_dir))
         try:
-            client = openai.OpenAI(
+            sdk = LazySdk(
+                "openai",
+                "OpenAI",
                 api_key="sk-bench-0123456789abcdef",
                 base_url=simulator.base_url + "/v1",
                 max_retries=0,
                 timeout=timeout_for(5, 30, 30),
             )
-            errors = (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError)
+            client, errors = sdk.get()
+            sender = sdk.sender()
             http: Any = client._client
             url = str(client.base_url) + "chat/completions"
-            headers = {
-                name: value
-                for name, value in client.default_headers.items()
-                if isinstance(value, str)
-            }
-            headers["content-type"] = "application/json"
+            headers = sdk_headers(openai.OpenAI, sdk._options)[0]
 
             def through_sdk() -> None:
                 response = send_raw(client, "POST", "/chat/completions", BODY, {}, errors)
                 response.read()
+
+            def through_raw() -> None:
+                sender.post("/chat/completions", BODY, {}).read()
 
             def through_httpx() -> None:
                 request = http.build_request(
@@ -88,16 +92,19 @@ def main(argv: list[str] | None = None) -> int:
                     response.close()
 
             figures = {}
-            for name, call in (("sdk", through_sdk), ("httpx", through_httpx)):
+            paths = (("sdk", through_sdk), ("raw", through_raw), ("httpx", through_httpx))
+            for name, call in paths:
                 figures[name] = measure(call, args.calls, args.rounds)
                 cpu, wall = figures[name]
                 print(f"{name:6s} {cpu:6.3f} ms CPU per call, {wall:6.3f} ms wall")
-            added = figures["sdk"][0] - figures["httpx"][0]
-            print(
-                f"the SDK's layers add {added:.3f} ms CPU per call"
-                f" ({100 * added / figures['httpx'][0]:.0f} % of the bare httpx exchange)"
-            )
-            client.close()
+            bare = figures["httpx"][0]
+            for name, what in (("sdk", "the SDK's request path"), ("raw", "RawSender")):
+                added = figures[name][0] - bare
+                print(
+                    f"{what} adds {added:.3f} ms CPU per call over the bare exchange"
+                    f" ({100 * added / bare:.0f} %)"
+                )
+            sdk.close()
         finally:
             simulator.stop()
     return 0
