@@ -208,14 +208,20 @@ class Pipeline:
         self.record(ctx)
         return response
 
-    def record(self, ctx: CallContext, answer: JsonObject | None = None) -> None:
+    def record(
+        self, ctx: CallContext, answer: JsonObject | None = None, is_kept: bool = False
+    ) -> None:
         """The end of every path: keep ``answer`` in the cache if it may go there (and end
-        the call's single-flight claim), settle usage against limits and quotas, then log
-        the call. On Redis the scripts of the first two go in one round trip."""
+        the call's single-flight claim), settle usage against limits and quotas, remember
+        the owner of an answer the provider keeps (``is_kept``), then log the call. On
+        Redis the scripts of the first three go in one round trip."""
         tracing.mark(ctx, "record")
-        batch = ScriptBatch(self.gateway.redis) if self.gateway.redis is not None else None
+        gw = self.gateway
+        batch = ScriptBatch(gw.redis) if gw.redis is not None else None
         self._settle_cache(ctx, answer, batch)
         self._settle_usage(ctx, batch)
+        if is_kept and ctx.response_id and gw.owners is not None and ctx.principal is not None:
+            gw.owners.remember(ctx.response_id, ctx.principal.tenant_id, batch)
         if batch is not None:
             try:
                 batch.run()  # each stage handles its own outcome; Redis errors never escape
@@ -355,7 +361,9 @@ class Pipeline:
             fetched = self._conform(ctx, endpoint, provider, body, headers, fetched)
         tracing.mark(ctx, "price")
         upstream, raw = fetched.upstream, fetched.raw
-        self._note_answer_id(ctx, answer_id(fetched.answer), endpoint.keeps_answers)
+        # A kept answer's id is remembered in the settle round trip (``record``), before
+        # the answer leaves.
+        self._note_answer_id(ctx, answer_id(fetched.answer), is_kept=False)
         summary = endpoint.recorded_answer(fetched.answer)
         if summary is not None:
             ctx.response_body = orjson.dumps(summary).decode()
@@ -365,7 +373,7 @@ class Pipeline:
         ctx.first_token_at = time.perf_counter()
         passed = {**passed_response_headers(upstream.headers), **gateway_headers(ctx)}
         response = Response(raw, upstream.status, passed, mimetype="application/json")
-        self.record(ctx, fetched.answer if upstream.status == 200 else None)
+        self.record(ctx, fetched.answer if upstream.status == 200 else None, endpoint.keeps_answers)
         return response
 
     def _fetch(

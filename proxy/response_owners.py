@@ -27,6 +27,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from proxy.errors import GatewayError, NotFound
+from proxy.script_batch import ScriptBatch
 from shared.models import RequestRecord
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,27 @@ class OwnerStore(Protocol):
         ...
 
 
+# KEYS: the id's key. ARGV: tenant id, ttl seconds. A SET that can join a ScriptBatch.
+_PUT = "return redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])"
+
+
 class RedisOwnerStore:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+        self._put = redis.register_script(_PUT)
+
+    def queue_put(
+        self, response_id: str, tenant_id: int, ttl_seconds: int, batch: ScriptBatch
+    ) -> None:
+        """``put``, queued in ``batch`` (the call's settle round trip); a failure is logged."""
+
+        def then(result: object) -> None:
+            if isinstance(result, Exception):
+                log.warning(
+                    "event=response_owner_unavailable op=put error=%s", type(result).__name__
+                )
+
+        batch.add(self._put, [KEY_PREFIX + response_id], [tenant_id, ttl_seconds], then)
 
     def put(self, response_id: str, tenant_id: int, ttl_seconds: int) -> None:
         try:
@@ -100,9 +119,14 @@ class ResponseOwners:
         self._engine = engine
         self._ttl = ttl_seconds
 
-    def remember(self, response_id: str, tenant_id: int) -> None:
+    def remember(self, response_id: str, tenant_id: int, batch: ScriptBatch | None = None) -> None:
         """Note that ``tenant_id`` owns ``response_id``. Never raises: the request log
-        (``response_id`` on the call's record) covers a store that failed."""
+        (``response_id`` on the call's record) covers a store that failed. With a
+        ``batch`` (on Redis) the write goes in it, to be sent with the call's settle
+        scripts, before the answer leaves."""
+        if batch is not None and isinstance(self._store, RedisOwnerStore):
+            self._store.queue_put(response_id, tenant_id, self._ttl, batch)
+            return
         try:
             self._store.put(response_id, tenant_id, self._ttl)
         except OwnerStoreUnavailable as exc:

@@ -201,6 +201,30 @@ def test_cache_hit_makes_no_sql_and_fixed_redis_round_trips(
     assert counts == Counts(sql=0, redis=HIT_ROUND_TRIPS)
 
 
+def test_a_kept_responses_answer_makes_no_sql_and_fixed_redis_round_trips(
+    counted: tuple[ProxyServer, RoundTrips, Accounts],
+) -> None:
+    """A Responses API answer the provider keeps has its id remembered with the caller's
+    tenant (for ``previous_response_id``): in the settle round trip, not one of its own."""
+    server, trips, acct = counted
+    _warm_up(server, trips, acct)
+
+    def ask(text: str) -> Callable[[], None]:
+        def call() -> None:
+            with openai.OpenAI(
+                base_url=server.base_url + "/v1", api_key=acct.key, max_retries=0
+            ) as sdk:
+                answer = sdk.responses.create(model=GPT, input=text)
+                assert answer.output_text and answer.id
+
+        return call
+
+    trips.measure(ask("the Responses endpoint's first call in this process"))
+    counts = trips.measure(ask("a response to keep, never asked for before: a miss"))
+
+    assert counts == Counts(sql=0, redis=MISS_ROUND_TRIPS)
+
+
 def test_records_still_reach_sql_from_the_writer(
     counted: tuple[ProxyServer, RoundTrips, Accounts],
 ) -> None:
