@@ -630,13 +630,21 @@ class Pipeline:
         assert ctx.facts is not None and ctx.principal is not None
         batch = ScriptBatch(gw.redis) if gw.redis is not None else None
         finish_rate = self._begin_limit_rate(ctx, batch)
-        lookup = self._begin_look_up(ctx, endpoint, body, headers, batch)
-        reserve = self._begin_reserve(ctx, batch)
+        lookup: Lookup = _no_entry
+        reserve: Callable[[bool], Reservation | None] | None = None
+        refused: GatewayError | None = None
+        try:
+            lookup = self._begin_look_up(ctx, endpoint, body, headers, batch)
+            reserve = self._begin_reserve(ctx, batch)
+        except GatewayError as error:  # a malformed cache header: refused after rate limits
+            refused = error
         if batch is not None:
             batch.run()
         try:
             if finish_rate is not None:
                 ctx.rate_grant = finish_rate()
+            if refused is not None:
+                raise refused
             tracing.mark(ctx, "screen")
             if ctx.facts.previous_response_id is not None:
                 self.require_owner(ctx, ctx.facts.previous_response_id, "previous_response_id")

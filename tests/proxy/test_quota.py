@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx2
 import openai
 import pytest
 import redis
@@ -333,6 +334,34 @@ def test_a_call_refused_after_the_admission_round_trip_keeps_no_hold_and_no_clai
     assert counters(proxy, scope) == spent  # the hold was released, nothing charged
     assert spent[2:] == (0, 0)
     assert list(shared_redis.scan_iter(f"{CLAIM_PREFIX}*")) == []  # no claim left
+
+
+def test_a_malformed_cache_header_is_refused_after_the_rate_limits(
+    proxy: ProxyServer, shared_redis: redis.Redis
+) -> None:
+    """The cache's header is read as the admission round trip is queued; a malformed one
+    still refuses only after the rate limits did their part: the call counts against
+    them, a caller past them gets 429 first, and nothing is held or claimed after."""
+    acct = make_account(
+        proxy.state.engine,
+        limits=Limits(rpm=1, monthly_usd=Decimal(1), cache_ttl_seconds=60),
+    )
+    scope = f"user:{acct.user_id}"
+    before = counters(proxy, scope)
+
+    def call() -> httpx2.Response:
+        return httpx2.post(
+            proxy.base_url + "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]},
+            headers={"Authorization": f"Bearer {acct.key}", "x-metergate-cache-ttl": "soon"},
+        )
+
+    first, second = call(), call()
+
+    assert (first.status_code, first.json()["error"]["code"]) == (400, "invalid_cache_ttl")
+    assert (second.status_code, second.json()["error"]["code"]) == (429, "rate_limit_exceeded")
+    assert counters(proxy, scope) == before
+    assert list(shared_redis.scan_iter(f"{CLAIM_PREFIX}*")) == []
 
 
 # -- rebuild from SQL ----------------------------------------------------------------------
