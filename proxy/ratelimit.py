@@ -197,15 +197,11 @@ class _PipelinedWindows:
         calls = list(self._request_calls(*request, now)) if request is not None else []
         for item, ids in token_limits:
             calls += self._token_calls(item, ids, cost)
-        if batch is None:
-            sent = self._run(*calls)
-            replies: Callable[[], list[Any]] = lambda: sent  # noqa: E731
-        else:
-            readers = [batch.later(script, keys, args) for script, keys, args in calls]
-            replies = lambda: [read() for read in readers]  # noqa: E731
+        sent = self._run(*calls) if batch is None else None
+        readers = [] if batch is None else [batch.later(*call) for call in calls]
 
         def results() -> tuple[tuple[bool, float, int] | None, list[tuple[bool, Sliding]]]:
-            found = replies()
+            found = sent if sent is not None else [read() for read in readers]
             start = 0 if request is None else 2
             tokens = [
                 self._token_result(found[index], found[index + 1])
@@ -322,8 +318,9 @@ class RateLimits:
         scripts; the returned function, called once the batch ran, gives the grant or
         raises as ``check`` does. Without a batch that round trip is made now. A narrower
         request limit (a caller with several) is counted now, and may refuse here."""
+        requests, token_limits = _limits_of(principal, end_user)
         try:
-            finish = self._begin_check(principal, end_user, tokens, batch)
+            finish = self._count(RateGrant(charged_tokens=tokens), requests, token_limits, batch)
         except RedisError as exc:
             grant = self._unavailable(exc, tokens)
             return lambda: grant
@@ -408,25 +405,15 @@ class RateLimits:
 
     # -- internals --------------------------------------------------------------------
 
-    def _begin_check(
+    def _count(
         self,
-        principal: Principal,
-        end_user: str | None,
-        tokens: int,
+        grant: RateGrant,
+        requests: list[_Limit],
+        token_limits: list[_Limit],
         batch: ScriptBatch | None,
     ) -> Callable[[], RateGrant]:
-        grant = RateGrant(charged_tokens=tokens)
-        scopes = _scopes(principal, end_user)
-        requests: list[_Limit] = [
-            (scope, RateLimitItemPerMinute(scope.rpm), ("requests", *scope.ids))
-            for scope in scopes
-            if scope.rpm is not None
-        ]
-        token_limits: list[_Limit] = [
-            (scope, RateLimitItemPerMinute(scope.tpm), ("tokens", *scope.ids))
-            for scope in scopes
-            if scope.tpm is not None
-        ]
+        """Count the request and charge ``grant.charged_tokens``; see ``begin_check``."""
+        tokens = grant.charged_tokens
         pipelined = self._pipelined
         # On Redis the widest request limit goes with the token charges, in one round trip.
         widest = requests[-1] if pipelined is not None and requests else None
@@ -618,6 +605,22 @@ def _store_down() -> GatewayError:
         code="rate_limits_unavailable",
         headers={"Retry-After": "1"},
     )
+
+
+def _limits_of(principal: Principal, end_user: str | None) -> tuple[list[_Limit], list[_Limit]]:
+    """The caller's (requests, tokens) per-minute limits, narrowest scope first."""
+    scopes = _scopes(principal, end_user)
+    requests: list[_Limit] = [
+        (scope, RateLimitItemPerMinute(scope.rpm), ("requests", *scope.ids))
+        for scope in scopes
+        if scope.rpm is not None
+    ]
+    token_limits: list[_Limit] = [
+        (scope, RateLimitItemPerMinute(scope.tpm), ("tokens", *scope.ids))
+        for scope in scopes
+        if scope.tpm is not None
+    ]
+    return requests, token_limits
 
 
 def _every_request() -> bool:
