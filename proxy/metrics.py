@@ -1,5 +1,11 @@
 """Prometheus metrics, observed once per call from its record, served at ``GET /metrics``.
 
+The record writer's thread observes each record as it takes it off its queue
+(``RecordWriter.observe_with``): calls do not wait for their metrics, and one thread per
+process writes them, where every call's thread would contend for prometheus_client's
+lock (about ten values a call). A scrape first waits for the records submitted before
+it to be observed (``RecordWriter.seen``), so it counts every call answered before it.
+
 Under gunicorn every worker is its own process. ``metergate serve proxy`` points
 ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before the workers fork, so each
 worker writes its values to files there and whichever worker answers a scrape sums
@@ -61,8 +67,9 @@ REFUSAL_BY_STATUS = {
 class Metrics:
     """The proxy's metrics; one per app. ``observe`` never raises.
 
-    ``writer`` and ``breakers`` give the process-wide gauges; ``model`` looks up the
-    catalogue entry of a model named in a record's attempts.
+    ``writer`` shows it every record and gives the process-wide gauges, ``breakers`` the
+    breaker states; ``model`` looks up the catalogue entry of a model named in a record's
+    attempts.
     """
 
     def __init__(
@@ -177,6 +184,7 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        writer.observe_with(self.observe)
 
     def observe(self, record: CallRecord) -> None:
         """Count one call from its record (the one place calls are counted)."""
@@ -187,6 +195,7 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text of every worker's metrics, and its content type."""
+        self._writer.seen()  # this worker's calls so far are counted (at most ~1 s wait)
         self.update_gauges()
         if self.multiproc_dir is None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST

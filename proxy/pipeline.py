@@ -234,8 +234,6 @@ class Pipeline:
             log.exception("event=record_build_failed request_id=%s", ctx.id)
             tracing.finish(ctx)
             return
-        if self.gateway.metrics is not None:  # every call is counted here, from its record
-            self.gateway.metrics.observe(record)
         tracing.finish(ctx)
 
     # -- rate limits and quotas --------------------------------------------------------

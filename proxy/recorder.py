@@ -44,6 +44,11 @@ class _FlushMark:
     done: threading.Event
 
 
+@dataclass(slots=True)
+class _SeenMark:
+    done: threading.Event
+
+
 class RecordWriter:
     """One per process. Thread-safe ``submit``; a single writer thread does the rest."""
 
@@ -62,7 +67,12 @@ class RecordWriter:
         self._batch_size = batch_size
         self._flush_seconds = flush_seconds
         self._write = write
-        self._queue: queue.SimpleQueue[CallRecord | _FlushMark | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[CallRecord | _FlushMark | _SeenMark | None] = (
+            queue.SimpleQueue()
+        )
+        self._observers: list[Callable[[CallRecord], None]] = []
+        # Set to end a batch's gathering early: a flush, a scrape, close, a full batch.
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._is_db_down = False
@@ -75,6 +85,26 @@ class RecordWriter:
 
     def submit(self, record: CallRecord) -> None:
         self._queue.put(record)
+        if self._queue.qsize() >= self._batch_size:
+            self._wake.set()
+
+    def observe_with(self, observer: Callable[[CallRecord], None]) -> None:
+        """Show ``observer`` (the metrics) every record, in the writer thread, as it is
+        taken off the queue, before it is written. The calls do not wait for it, and one
+        thread doing all of it never contends with the others for the observer's locks.
+        ``observer`` must not raise."""
+        self._observers.append(observer)
+
+    def seen(self, timeout: float = 1.0) -> bool:
+        """Wait until every record submitted before this call has been shown to the
+        observers (a metrics scrape then counts every call answered before it). False if
+        that took longer than ``timeout`` (the writer is busy with a slow write)."""
+        if self._thread is None or not self._thread.is_alive():
+            return self.queue_depth == 0
+        mark = _SeenMark(threading.Event())
+        self._queue.put(mark)
+        self._wake.set()
+        return mark.done.wait(timeout)
 
     @property
     def queue_depth(self) -> int:
@@ -107,6 +137,7 @@ class RecordWriter:
             return self.queue_depth == 0
         mark = _FlushMark(threading.Event())
         self._queue.put(mark)
+        self._wake.set()
         return mark.done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -116,6 +147,7 @@ class RecordWriter:
         self._closed = True
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
+            self._wake.set()
             self._thread.join(timeout)
         leftovers = self._drain_nowait()
         if leftovers:
@@ -145,6 +177,10 @@ class RecordWriter:
                 return
 
     def _take_batch(self) -> tuple[list[CallRecord], list[_FlushMark], bool]:
+        """Wait for a record, let the batch gather for ``flush_seconds``, then take what
+        queued meanwhile (up to ``batch_size``). The calls queue their records without
+        waking this thread for each one (every wake-up is a switch of the GIL away from
+        them); a flush, a scrape, ``close`` and a full batch end the gathering early."""
         batch: list[CallRecord] = []
         marks: list[_FlushMark] = []
         wait = RETRY_SECONDS if self._is_db_down else self._flush_seconds
@@ -152,20 +188,30 @@ class RecordWriter:
             item = self._queue.get(timeout=wait)
         except queue.Empty:
             return batch, marks, False
-        deadline = time.monotonic() + self._flush_seconds
+        if isinstance(item, CallRecord) and self._queue.qsize() < self._batch_size - 1:
+            self._wake.wait(self._flush_seconds)
+        self._wake.clear()
         while True:
             if item is None:
                 return batch, marks, True
             if isinstance(item, _FlushMark):
                 marks.append(item)
                 return batch, marks, False
-            batch.append(item)
-            if len(batch) >= self._batch_size:
-                return batch, marks, False
+            if isinstance(item, _SeenMark):
+                item.done.set()
+            else:
+                self._show(item)
+                batch.append(item)
+                if len(batch) >= self._batch_size:
+                    return batch, marks, False
             try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                item = self._queue.get_nowait()
             except queue.Empty:
                 return batch, marks, False
+
+    def _show(self, record: CallRecord) -> None:
+        for observer in self._observers:
+            observer(record)
 
     def _drain_nowait(self) -> list[CallRecord]:
         records: list[CallRecord] = []
@@ -175,8 +221,9 @@ class RecordWriter:
             except queue.Empty:
                 return records
             if isinstance(item, CallRecord):
+                self._show(item)
                 records.append(item)
-            elif isinstance(item, _FlushMark):
+            elif isinstance(item, (_FlushMark, _SeenMark)):
                 item.done.set()
 
     def _write_or_spool(self, batch: list[CallRecord]) -> None:

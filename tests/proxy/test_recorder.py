@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -192,3 +193,37 @@ def test_every_kind_of_value_is_written_as_it_was_recorded(db_url: str) -> None:
     assert row.output_valid is False
     assert body.request_body == awkward
     assert body.response_body is None
+
+
+def test_observers_see_every_record_in_the_writer_thread_before_seen_returns(
+    tmp_path: Path,
+) -> None:
+    """The metrics are counted off the request path, by the writer thread, and a scrape
+    (``seen``) waits for what was submitted before it; the database being down changes
+    nothing (records reach the spool, and the observers, all the same)."""
+    writer = RecordWriter(
+        make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"), tmp_path, flush_seconds=5.0
+    )
+    shown: list[tuple[str, str]] = []
+    writer.observe_with(lambda record: shown.append((record.id, threading.current_thread().name)))
+    writer.start()
+    try:
+        records = [_record() for _ in range(3)]
+        for record in records:
+            writer.submit(record)
+        assert writer.seen()  # long before the 5 s batch would be written
+        assert shown == [(record.id, "record-writer") for record in records]
+    finally:
+        writer.close()
+    assert len(shown) == 3  # once each: closing showed nothing twice
+
+
+def test_close_shows_the_observers_records_left_in_the_queue(tmp_path: Path) -> None:
+    writer = RecordWriter(make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"), tmp_path)
+    shown: list[str] = []
+    writer.observe_with(lambda record: shown.append(record.id))
+    records = [_record() for _ in range(2)]
+    for record in records:
+        writer.submit(record)  # no writer thread: close drains them
+    writer.close()
+    assert shown == [record.id for record in records]

@@ -151,3 +151,27 @@ def test_a_connection_redis_closed_costs_no_stage_its_outcome(
     assert (read_first(), read_second()) == (1, 11)
     assert int(client.get(key) or 0) == 11
     client.delete(key)
+
+
+ECHO_ARGS = "return ARGV"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["text", "non-ASCII: é ✓", b"bytes\x00\xff", 7, -3, 0.25, 1e-07, 12345678901234567890],
+        [memoryview(b"view"), bytearray(b"array")],
+    ],
+)
+def test_arguments_reach_the_script_as_redis_py_sends_them(
+    client: redis.Redis, args: list[Any]
+) -> None:
+    """The batch packs its commands with hiredis directly: every kind of argument the
+    stages pass arrives as the script would get it called through redis-py."""
+    echo = client.register_script(ECHO_ARGS)
+    expected = echo(keys=["k"], args=args)
+    outcomes: list[Any] = []
+    batch = ScriptBatch(client)
+    batch.add(echo, ["k"], args, outcomes.append)
+    batch.run()
+    assert outcomes == [expected]
