@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from functools import cache
 from typing import Any, overload
 
 import orjson
@@ -113,34 +112,17 @@ _STAGE = (
 )
 _COPY_RECORDS = f"COPY {_STAGED_RECORDS.name} ({', '.join(_RECORD_COLUMNS)}) FROM STDIN"
 _COPY_BODIES = f"COPY {_STAGED_BODIES} ({', '.join(_BODY_COLUMNS)}) FROM STDIN"
-# What is new is inserted; a replayed batch's old records leave the staging table, so
-# that only the new are summed into the rollups.
 _INSERT_STAGED_RECORDS = (
-    f"WITH new AS (INSERT INTO request_records ({', '.join(_RECORD_COLUMNS)})"
+    f"INSERT INTO request_records ({', '.join(_RECORD_COLUMNS)})"
     f" SELECT {', '.join(_RECORD_COLUMNS)} FROM {_STAGED_RECORDS.name}"
-    " ORDER BY id ON CONFLICT DO NOTHING RETURNING id)"  # in id order: no deadlocks
-    f" DELETE FROM {_STAGED_RECORDS.name} AS staged"
-    " WHERE NOT EXISTS (SELECT 1 FROM new WHERE new.id = staged.id)"
+    " ORDER BY id ON CONFLICT DO NOTHING RETURNING id"  # in id order: no deadlocks
 )
+_UNSTAGE_OLD = f"DELETE FROM {_STAGED_RECORDS.name} WHERE NOT (id = ANY(%s))"
 _INSERT_STAGED_BODIES = (
     f"INSERT INTO request_bodies ({', '.join(_BODY_COLUMNS)})"
     f" SELECT {', '.join(_BODY_COLUMNS)} FROM {_STAGED_BODIES}"
     " ORDER BY record_id ON CONFLICT DO NOTHING"
 )
-
-
-@cache
-def _staged_writes() -> str:
-    """Everything after the two COPYs, as one text of statements without parameters: the
-    driver sends it in one exchange, where one statement each cost the writer (sharing
-    its process with the calls) a round trip and a query's bookkeeping apiece."""
-    return ";\n".join(
-        (
-            _INSERT_STAGED_RECORDS,
-            *(staged_upsert_sql(rollup, _STAGED_RECORDS) for rollup in ROLLUPS),
-            _INSERT_STAGED_BODIES,
-        )
-    )
 
 
 def _insert(engine: Engine, table: Any) -> Insert:
@@ -215,7 +197,8 @@ def prepare_writes(engine: Engine) -> None:
     """Build the PostgreSQL rollup statements now (~40 kB of SQL each), not at the first
     batch: called by a writer thread as it starts."""
     if engine.dialect.name == "postgresql":
-        _staged_writes()
+        for rollup in ROLLUPS:
+            staged_upsert_sql(rollup, _STAGED_RECORDS)
 
 
 def _write_staged(
@@ -227,14 +210,21 @@ def _write_staged(
     driver = connection.connection.driver_connection
     assert driver is not None
     with driver.cursor() as cursor:
-        cursor.execute(_STAGE)  # per transaction: behind a transaction pooler too
+        cursor.execute(_STAGE)
         with cursor.copy(_COPY_RECORDS) as copy:
             for row in metadata_rows:
                 copy.write_row([_copy_value(name, row[name]) for name in _RECORD_COLUMNS])
+        cursor.execute(_INSERT_STAGED_RECORDS)
+        new_ids = [new_id for (new_id,) in cursor.fetchall()]
+        if new_ids:
+            if len(new_ids) < len(metadata_rows):  # a replayed batch: count only the new
+                cursor.execute(_UNSTAGE_OLD, [new_ids])
+            for rollup in ROLLUPS:
+                cursor.execute(staged_upsert_sql(rollup, _STAGED_RECORDS))
         with cursor.copy(_COPY_BODIES) as copy:
             for row in body_rows:
                 copy.write_row([row[name] for name in _BODY_COLUMNS])
-        cursor.execute(_staged_writes())
+        cursor.execute(_INSERT_STAGED_BODIES)
 
 
 def _copy_value(name: str, value: Any) -> Any:
