@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SPOOL_SUFFIX = ".jsonl"
 CLAIM_MARK = ".claimed."
 RETRY_SECONDS = 1.0
+SPOOL_LOOK_SECONDS = 1.0  # how often the writer looks for spool files to replay
 CAUGHT_ERRORS = (DBAPIError, PoolTimeout)
 
 
@@ -77,6 +78,7 @@ class RecordWriter:
         self._pid = 0
         self._is_db_down = False
         self._next_retry = 0.0
+        self._next_spool_look = 0.0
         self._closed = False
         self.written_count = 0
         self.spooled_count = 0
@@ -166,7 +168,13 @@ class RecordWriter:
             try:
                 if batch:
                     self._write_or_spool(batch)
-                if not self._is_db_down or time.monotonic() >= self._next_retry:
+                now = time.monotonic()
+                # The spool is shared by the workers: look for files (a directory listing)
+                # once a second, not at every batch.
+                if now >= self._next_spool_look and (
+                    not self._is_db_down or now >= self._next_retry
+                ):
+                    self._next_spool_look = now + SPOOL_LOOK_SECONDS
                     self._replay_spool()
             except Exception:  # the thread must outlive any one failure
                 log.exception("event=record_writer_error")
