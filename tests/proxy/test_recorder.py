@@ -227,3 +227,38 @@ def test_close_shows_the_observers_records_left_in_the_queue(tmp_path: Path) -> 
         writer.submit(record)  # no writer thread: close drains them
     writer.close()
     assert shown == [record.id for record in records]
+
+
+def test_a_full_batch_is_written_without_waiting_out_the_gathering(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Records gather for ``flush_seconds`` without waking the writer for each one; a
+    batch that fills up is written at once (here long before the 60 s gathering ends),
+    and what is left waits for the next."""
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    writer = RecordWriter(engine, tmp_path, batch_size=3, flush_seconds=60.0)
+    writer.start()
+    try:
+        records = [_record() for _ in range(4)]
+        for record in records:
+            writer.submit(record)
+
+        def stored() -> int:
+            with engine.connect() as connection:
+                ids = [record.id for record in records]
+                return int(
+                    connection.scalar(
+                        select(func.count())
+                        .select_from(RequestRecord)
+                        .where(RequestRecord.id.in_(ids))
+                    )
+                    or 0
+                )
+
+        assert wait_for(stored, timeout=20.0) == 3
+        assert writer.flush()  # the fourth, written now instead of a minute from now
+        assert stored() == 4
+    finally:
+        writer.close()
+        engine.dispose()
