@@ -94,7 +94,7 @@ class Gateway:
     validators: SchemaValidators = field(default_factory=SchemaValidators)
     resilience: Resilience = field(default_factory=Resilience.default)
     owners: ResponseOwners | None = None  # None: no stored answer is served to anyone
-    metrics: Metrics | None = None  # None: calls are not counted (tests of other stages)
+    metrics: Metrics | None = None  # what GET /metrics serves (calls reach it via the writer)
     read_deadlines: ReadDeadlines | None = None  # None: a body may take as long as it likes
     tracing: Tracing | None = None  # None: no traces (the default)
 

@@ -101,12 +101,7 @@ class RecordWriter:
         """Wait until every record submitted before this call has been shown to the
         observers (a metrics scrape then counts every call answered before it). False if
         that took longer than ``timeout`` (the writer is busy with a slow write)."""
-        if self._thread is None or not self._thread.is_alive():
-            return self.queue_depth == 0
-        mark = _SeenMark(threading.Event())
-        self._queue.put(mark)
-        self._wake.set()
-        return mark.done.wait(timeout)
+        return self._reached(_SeenMark(threading.Event()), timeout)
 
     @property
     def queue_depth(self) -> int:
@@ -135,11 +130,15 @@ class RecordWriter:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every record submitted before this call is written or spooled."""
+        return self._reached(_FlushMark(threading.Event()), timeout)
+
+    def _reached(self, mark: _FlushMark | _SeenMark, timeout: float) -> bool:
+        """Queue ``mark`` behind what was submitted so far and wait for the writer thread
+        to reach it (without the thread: whether nothing is left to reach)."""
         if self._thread is None or not self._thread.is_alive():
             return self.queue_depth == 0
-        mark = _FlushMark(threading.Event())
         self._queue.put(mark)
-        self._wake.set()
+        self._wake.set()  # no gathering to sleep out first
         return mark.done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -219,7 +218,10 @@ class RecordWriter:
 
     def _show(self, record: CallRecord) -> None:
         for observer in self._observers:
-            observer(record)
+            try:
+                observer(record)
+            except Exception:  # an observer's bug must cost no record (nor the thread)
+                log.exception("event=record_observer_failed request_id=%s", record.id)
 
     def _drain_nowait(self) -> list[CallRecord]:
         records: list[CallRecord] = []

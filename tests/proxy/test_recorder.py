@@ -262,3 +262,33 @@ def test_a_full_batch_is_written_without_waiting_out_the_gathering(
     finally:
         writer.close()
         engine.dispose()
+
+
+def test_an_observer_that_raises_costs_no_record(db_url: str, tmp_path: Path) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    writer = RecordWriter(engine, tmp_path, flush_seconds=0.01)
+
+    def broken(record: CallRecord) -> None:
+        raise RuntimeError("observer bug")
+
+    shown: list[str] = []
+    writer.observe_with(broken)
+    writer.observe_with(lambda record: shown.append(record.id))
+    writer.start()
+    try:
+        records = [_record() for _ in range(3)]
+        for record in records:
+            writer.submit(record)
+        assert writer.flush()
+        with engine.connect() as connection:
+            count = connection.scalar(
+                select(func.count())
+                .select_from(RequestRecord)
+                .where(RequestRecord.id.in_([record.id for record in records]))
+            )
+    finally:
+        writer.close()
+        engine.dispose()
+    assert count == 3
+    assert shown == [record.id for record in records]  # the next observer still saw them
