@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
+from pathlib import Path
+
+PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def reserved_free_port() -> int:
+    """A free port below the ephemeral range. The relay's port stays free while it is cut;
+    a port from the ephemeral range (``bind(0)``) could meanwhile become the local port of
+    any outgoing connection on the machine, and ``restore`` then fails to bind it."""
+    try:
+        ephemeral_low = int(PORT_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    for port in random.sample(range(10000, ephemeral_low), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class TcpRelay:
@@ -14,10 +36,7 @@ class TcpRelay:
         self._lock = threading.Lock()
         self._connections: list[socket.socket] = []
         self._listener: socket.socket | None = None
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = reserved_free_port()
 
     def start(self) -> TcpRelay:
         listener = socket.socket()

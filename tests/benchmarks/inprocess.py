@@ -8,10 +8,10 @@ The simulator runs in its own process (as in ``tests.benchmarks.perf``); meterga
 with ``--floor``, the bare forwarder (``tests.benchmarks.floor_app``) is built in this
 process and called through WSGI, from one thread or ``--threads`` at once. Each round
 prints the CPU per call (this process's, all threads), split by thread, with voluntary
-context switches per call. No server, load generator or client socket shares the
-measurement, so two versions compare within a few percent where ``perf.py``'s figures
-move by more: run each version's rounds in turn (``git worktree`` for the other). Not
-collected by pytest.
+context switches per call (the live threads'). No server, load generator or client
+socket shares the measurement, so two versions compare within a few percent where
+``perf.py``'s figures move by more: run each version's rounds in turn (``git
+worktree`` for the other). Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +117,7 @@ def measure(
 ) -> tuple[float, dict[str, float], float]:
     nonce = uuid.uuid4().hex
     before, switches = thread_cpu(), voluntary_switches()
+    started = time.process_time()  # every thread's, those that end meanwhile included
     if threads == 1:
         for index in range(calls):
             call(f"in-process {nonce} {index}")
@@ -130,13 +132,16 @@ def measure(
             worker.start()
         for worker in workers:
             worker.join()
+    total = (time.process_time() - started) / calls * 1e3
     after = thread_cpu()
     per_thread = {
         name: (spent - before.get(name, 0)) / calls / 1e6
         for name, spent in after.items()
         if spent - before.get(name, 0) > 0
     }
-    return sum(per_thread.values()), per_thread, (voluntary_switches() - switches) / calls
+    if threads > 1:  # the calling threads have ended: what the live ones do not account for
+        per_thread["calling threads"] = total - sum(per_thread.values())
+    return total, per_thread, (voluntary_switches() - switches) / calls
 
 
 def main(argv: list[str] | None = None) -> int:
