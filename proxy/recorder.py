@@ -94,7 +94,7 @@ class RecordWriter:
         """Show ``observer`` (the metrics) every record, in the writer thread, as it is
         taken off the queue, before it is written. The calls do not wait for it, and one
         thread doing all of it never contends with the others for the observer's locks.
-        ``observer`` must not raise."""
+        An observer that raises is logged; the record is written all the same."""
         self._observers.append(observer)
 
     def seen(self, timeout: float = 1.0) -> bool:
