@@ -1,7 +1,7 @@
 """CPU per call of the proxy app itself, without gunicorn: calls made through WSGI in-process.
 
     .venv/bin/python -m tests.benchmarks.inprocess [--calls 4000] [--threads 1] [--stream]
-                                                   [--floor] [--rounds 3]
+                                                   [--hit] [--floor] [--rounds 3]
 
 The simulator runs in its own process (as in ``tests.benchmarks.perf``); metergate's app
 (``create_app``, every feature on: PostgreSQL, Redis, its writer and poll threads) or,
@@ -113,19 +113,19 @@ def caller(app: Any, key: str, stream: bool) -> Callable[[str], None]:
 
 
 def measure(
-    call: Callable[[str], None], calls: int, threads: int
+    call: Callable[[str], None], calls: int, threads: int, same: bool = False
 ) -> tuple[float, dict[str, float], float]:
-    nonce = uuid.uuid4().hex
+    nonce = "the same question" if same else uuid.uuid4().hex
     before, switches = thread_cpu(), voluntary_switches()
     started = time.process_time()  # every thread's, those that end meanwhile included
     if threads == 1:
         for index in range(calls):
-            call(f"in-process {nonce} {index}")
+            call(f"in-process {nonce}" if same else f"in-process {nonce} {index}")
     else:
 
         def run(first: int) -> None:
             for index in range(first, calls, threads):
-                call(f"in-process {nonce} {index}")
+                call(f"in-process {nonce}" if same else f"in-process {nonce} {index}")
 
         workers = [threading.Thread(target=run, args=(first,)) for first in range(threads)]
         for worker in workers:
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stream", action="store_true", help="streamed answers (2 ms a token)")
     parser.add_argument("--floor", action="store_true", help="the bare forwarder instead")
+    parser.add_argument("--hit", action="store_true", help="the same question: cache hits")
     args = parser.parse_args(argv)
     with TemporaryDirectory() as tmp, perf.deployment(Path(tmp)) as dep:
         simulator = perf.start_simulator(Path(tmp))
@@ -168,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
 
                 app = create_app()
             call = caller(app, dep.key, args.stream)
-            name = "floor" if args.floor else "metergate"
+            name = ("floor" if args.floor else "metergate") + (" (hits)" if args.hit else "")
             for index in range(WARM_UP_CALLS):
                 call(f"warm-up {index}")
             totals = []
             for round_number in range(1, args.rounds + 1):
-                total, per_thread, switches = measure(call, args.calls, args.threads)
+                total, per_thread, switches = measure(call, args.calls, args.threads, args.hit)
                 totals.append(total)
                 threads = ", ".join(
                     f"{thread} {ms:.3f}"
