@@ -33,7 +33,8 @@ the median is printed, with the spread (min-max) in brackets.
 second; 500 concurrent clients stream for ``--realistic-seconds`` directly, through the
 floor and through metergate, each with gunicorn's gthread workers (256 threads each)
 and with gevent workers; it reports sustained throughput against the ideal 500/s,
-added latency percentiles, CPU per stream, and RSS per worker at the start and the end.
+added latency percentiles, CPU per stream, and RSS per worker before the run, every sixth
+of it and at its end (whether memory levels off under the load).
 
 Results are also written to ``.bench/perf-<time>.json``. Not collected by pytest.
 """
@@ -48,6 +49,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -81,6 +83,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 TTFT_CALLS = 60
 REALISTIC_CLIENTS = 500
 REALISTIC_THREADS = 256
+RSS_SAMPLES = 6  # RSS per worker is read this many times over a realistic run, and at its end
 STREAM_TOKEN_DELAY_MS = 2.0
 
 
@@ -773,24 +776,43 @@ def realistic(log_dir: Path, dep: Deployment, seconds: float, results: Results) 
         ]
         direct = wrk(sim, REALISTIC_CLIENTS, seconds, stream=True, timeout_seconds=30)
         results.add("direct", "realistic", REALISTIC_CLIENTS, direct)
-        print(_realistic_line("direct", direct, None, None, None))
+        print(_realistic_line("direct", direct, None, None))
         for label, starter in shapes:
             server = starter()
             try:
                 wrk(server, 50, 3, stream=True, timeout_seconds=30)  # warm-up
-                rss_start = server.rss_per_worker()
-                run = wrk(server, REALISTIC_CLIENTS, seconds, stream=True, timeout_seconds=30)
-                rss_end = server.rss_per_worker()
+                with sampled_rss(server, seconds / RSS_SAMPLES) as rss:
+                    run = wrk(server, REALISTIC_CLIENTS, seconds, stream=True, timeout_seconds=30)
             finally:
                 server.stop()
             results.add(label, "realistic", REALISTIC_CLIENTS, run)
-            results.extra.setdefault("realistic_rss", {})[label] = [rss_start, rss_end]
-            print(_realistic_line(label, run, direct, rss_start, rss_end))
+            results.extra.setdefault("realistic_rss", {})[label] = rss
+            print(_realistic_line(label, run, direct, rss))
 
 
-def _realistic_line(
-    name: str, run: Run, direct: Run | None, rss_start: float | None, rss_end: float | None
-) -> str:
+@contextmanager
+def sampled_rss(server: Server, interval: float) -> Iterator[list[float]]:
+    """RSS per worker (the largest worker's, MiB) now, every ``interval`` seconds while
+    the block runs, and at its end: whether memory levels off under the load or keeps
+    growing."""
+    samples = [server.rss_per_worker()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(interval):
+            samples.append(server.rss_per_worker())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        sampler.join()
+        samples.append(server.rss_per_worker())
+
+
+def _realistic_line(name: str, run: Run, direct: Run | None, rss: list[float] | None) -> str:
     line = (
         f"  {name:<26} {run.rps:6.0f} req/s ({run.rps / REALISTIC_CLIENTS:.0%} of ideal),"
         f" p50 {run.p50_ms:.0f} p90 {run.p90_ms:.0f} p99 {run.p99_ms:.0f} ms"
@@ -800,8 +822,8 @@ def _realistic_line(
             f", added p50 {run.p50_ms - direct.p50_ms:+.1f} p90 {run.p90_ms - direct.p90_ms:+.1f}"
             f" p99 {run.p99_ms - direct.p99_ms:+.1f} ms"
         )
-    if rss_start is not None and rss_end is not None:
-        line += f", RSS/worker {rss_start:.0f} -> {rss_end:.0f} MiB"
+    if rss:
+        line += f", RSS/worker {' -> '.join(f'{mib:.0f}' for mib in rss)} MiB"
     line += f", CPU {run.cpu_ms_per_request:.2f} ms/stream, bad {run.bad + run.errors}"
     return line
 
