@@ -53,6 +53,12 @@ class TcpRelay:
             listener, self._listener = self._listener, None
             connections, self._connections = self._connections, []
         if listener is not None:
+            # Wake the thread blocked in accept(): until that call returns, closing the
+            # socket leaves it listening, and ``restore`` could not bind the port again.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             listener.close()
         for connection in connections:
             try:
