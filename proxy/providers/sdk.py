@@ -120,14 +120,26 @@ def send_raw(
             response = client.post(path, cast_to=httpx2.Response, body=body, options=options)
     except status_error as exc:
         raw: httpx2.Response = exc.response  # type: ignore[attr-defined]
-        raise UpstreamHttpError(
-            raw.status_code, raw.content, {k.lower(): v for k, v in raw.headers.items()}
-        ) from exc
+        raise _status_error(raw, raw.content) from exc
     except timeout_error as exc:
-        raise UpstreamTimeout("the provider did not answer in time") from exc
+        raise _timed_out() from exc
     except connection_error as exc:
-        raise UpstreamUnreachable("the provider could not be reached") from exc
+        raise _unreachable() from exc
     return UpstreamResponse(response)
+
+
+def _status_error(response: httpx2.Response, content: bytes) -> UpstreamHttpError:
+    return UpstreamHttpError(
+        response.status_code, content, {k.lower(): v for k, v in response.headers.items()}
+    )
+
+
+def _timed_out() -> UpstreamTimeout:
+    return UpstreamTimeout("the provider did not answer in time")
+
+
+def _unreachable() -> UpstreamUnreachable:
+    return UpstreamUnreachable("the provider could not be reached")
 
 
 # Headers the SDKs set per request, from the request's options; the rest are the client's.
@@ -216,19 +228,17 @@ class RawSender:
         try:
             response = self._http.send(request, stream=True)
         except httpx2.TimeoutException as exc:
-            raise UpstreamTimeout("the provider did not answer in time") from exc
+            raise _timed_out() from exc
         except httpx2.HTTPError as exc:
-            raise UpstreamUnreachable("the provider could not be reached") from exc
+            raise _unreachable() from exc
         if response.status_code >= 400:
             try:
                 content = response.read()
             except httpx2.HTTPError as exc:
-                raise UpstreamUnreachable("the provider could not be reached") from exc
+                raise _unreachable() from exc
             finally:
                 response.close()
-            raise UpstreamHttpError(
-                response.status_code, content, {k.lower(): v for k, v in response.headers.items()}
-            )
+            raise _status_error(response, content)
         return UpstreamResponse(response)
 
 
