@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import shutil
 import sys
@@ -37,12 +38,32 @@ class ProxyApplication(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         from proxy.app import create_app
 
+        make_psycopg_cooperative()
         gunicorn_util.write_error = write_json_error  # in this worker: refusals are JSON too
         app = create_app()
         # What the app holds lives as long as the worker: the collector need never walk
         # it again (shorter pauses, and a stopping worker exits without minutes of GC).
         gc.freeze()
         return app
+
+
+def make_psycopg_cooperative() -> None:
+    """In a gevent worker, have psycopg wait for PostgreSQL the way gevent can switch on.
+
+    psycopg picks how it waits for its socket when first imported: its C wait, unless
+    gevent has patched ``select`` by then. The master imports it (to migrate) before
+    gunicorn's gevent worker patches anything, so every query the worker made, each of
+    the record writer's batches among them, stalled all its calls until PostgreSQL
+    answered. Once ``select`` is patched, re-running psycopg's own choice (a reload of
+    ``psycopg.waiting``; the connection looks ``waiting.wait`` up at each query) makes it
+    take a wait gevent has patched. No-op outside gevent, or before psycopg is imported.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("select"):
+        return
+    waiting = sys.modules.get("psycopg.waiting")
+    if waiting is not None:
+        importlib.reload(waiting)
 
 
 # What gunicorn refuses before the app sees the request (no record: nothing reached it).
