@@ -45,12 +45,17 @@ class UpstreamNotConfigured(UpstreamUnreachable):
 
 
 class UpstreamResponse:
-    """A 2xx upstream answer whose body has not been read yet."""
+    """A 2xx upstream answer whose body has not been read yet.
 
-    def __init__(self, response: httpx2.Response) -> None:
-        self._response = response
-        self.status = response.status_code
-        self.headers = {k.lower(): v for k, v in response.headers.items()}
+    Its body comes from one of two HTTP clients (``HttpxBody``: the SDK's own httpx
+    client, for every request but the hot path's POST; ``Urllib3Body``: ``RawSender``'s
+    pool), each mapping its own failures to UpstreamTimeout / UpstreamUnreachable.
+    """
+
+    def __init__(self, status: int, headers: dict[str, str], body: Body) -> None:
+        self.status = status
+        self.headers = headers
+        self._source = body
         self._body: bytes | None = None
         self._chunks: Iterator[bytes] | None = None
 
@@ -75,31 +80,68 @@ class UpstreamResponse:
         return self.headers.get("content-type", "")
 
     def read(self) -> bytes:
+        """The whole body (decoded, as the provider's content-encoding says); closes."""
         if self._body is not None:
             return self._body
-        try:
-            return self._response.read()
-        except httpx2.TimeoutException as exc:
-            raise UpstreamTimeout("the provider stopped sending its answer") from exc
-        except httpx2.HTTPError as exc:
-            raise UpstreamUnreachable("the connection to the provider broke") from exc
-        finally:
-            self._response.close()
+        return self._source.read()
 
     def iter_bytes(self) -> Iterator[bytes]:
+        """The body's bytes as they arrive, undecoded."""
         if self._chunks is not None:
             chunks, self._chunks = self._chunks, None
             yield from chunks
             return
+        yield from self._source.chunks()
+
+    def close(self) -> None:
+        self._source.close()
+
+
+class Body(Protocol):
+    def read(self) -> bytes: ...
+
+    def chunks(self) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class HttpxBody:
+    """An httpx response's body (the SDK's client)."""
+
+    def __init__(self, response: httpx2.Response) -> None:
+        self._response = response
+
+    def read(self) -> bytes:
+        try:
+            return self._response.read()
+        except httpx2.TimeoutException as exc:
+            raise UpstreamTimeout(STOPPED_SENDING) from exc
+        except httpx2.HTTPError as exc:
+            raise UpstreamUnreachable(BROKE_SENDING) from exc
+        finally:
+            self._response.close()
+
+    def chunks(self) -> Iterator[bytes]:
         try:
             yield from self._response.iter_raw()
         except httpx2.TimeoutException as exc:
-            raise UpstreamTimeout("the provider stopped streaming") from exc
+            raise UpstreamTimeout(STOPPED_STREAMING) from exc
         except httpx2.HTTPError as exc:
-            raise UpstreamUnreachable("the stream from the provider broke") from exc
+            raise UpstreamUnreachable(BROKE_STREAMING) from exc
 
     def close(self) -> None:
         self._response.close()
+
+
+def httpx_answer(response: httpx2.Response) -> UpstreamResponse:
+    headers = {k.lower(): v for k, v in response.headers.items()}
+    return UpstreamResponse(response.status_code, headers, HttpxBody(response))
+
+
+STOPPED_SENDING = "the provider stopped sending its answer"
+BROKE_SENDING = "the connection to the provider broke"
+STOPPED_STREAMING = "the provider stopped streaming"
+BROKE_STREAMING = "the stream from the provider broke"
 
 
 class Provider(Protocol):

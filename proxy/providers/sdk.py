@@ -6,18 +6,29 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import orjson
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from proxy.providers.base import (
+    BROKE_SENDING,
+    BROKE_STREAMING,
+    STOPPED_SENDING,
+    STOPPED_STREAMING,
     UpstreamHttpError,
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamUnreachable,
+    httpx_answer,
 )
 
 RAW_STREAM = {"X-Stainless-Raw-Response": "stream"}
@@ -57,8 +68,12 @@ class LazySdk:
                         base_url=self._options["base_url"], timeout=self._options["timeout"]
                     )
                     client = make(http_client=http, **self._options)
+                    base_url = str(client.base_url)
                     self._sender = RawSender(
-                        http, str(client.base_url), sdk_headers(make, self._options)
+                        http,
+                        base_url,
+                        sdk_headers(make, self._options),
+                        pool=direct_pool(base_url),
                     )
                     self._module, self._client = imported, client
                     log.info(
@@ -125,7 +140,7 @@ def send_raw(
         raise _timed_out() from exc
     except connection_error as exc:
         raise _unreachable() from exc
-    return UpstreamResponse(response)
+    return httpx_answer(response)
 
 
 def _status_error(response: httpx2.Response, content: bytes) -> UpstreamHttpError:
@@ -179,17 +194,48 @@ def sdk_headers(
     return kept, frozenset(every) & PER_CALL_HEADERS
 
 
+# Idle connections a pool keeps per provider, as the SDKs' httpx clients do (more may
+# be open at once; those beyond it close when their call ends).
+POOL_SIZE = 1000
+STREAM_READ_BYTES = 65536
+
+
+def direct_pool(base_url: str) -> urllib3.HTTPConnectionPool | None:
+    """A urllib3 connection pool to ``base_url``'s host, trusting what the SDK's httpx
+    client trusts (``httpx2.create_ssl_context``: certifi, or SSL_CERT_FILE / _DIR).
+
+    None when the environment routes that host through a proxy (HTTP_PROXY, HTTPS_PROXY,
+    ALL_PROXY, less NO_PROXY), which the SDK's httpx client honours: ``RawSender`` then
+    sends on that client instead.
+    """
+    parts = urlsplit(base_url)
+    proxies = urllib.request.getproxies()
+    if (proxies.get(parts.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(
+        parts.hostname or ""
+    ):
+        return None
+    manager = urllib3.PoolManager(
+        num_pools=1, maxsize=POOL_SIZE, block=False, ssl_context=httpx2.create_ssl_context()
+    )
+    return manager.connection_from_url(base_url)
+
+
 class RawSender:
     """POST a JSON body to a provider as its SDK would, without the SDK's per-call layers.
 
     The profile of a worker under load put the SDK's own request path (options models,
     URL and header merging, its retry and auth wrappers) at more of the upstream call's
-    CPU than the HTTP exchange itself. This sends the same request, on the SDK client's
-    own httpx client: its base URL, the headers it sends on every request
-    (``sdk_headers``), and the few it sets per call (the timeout it was given, and a
-    retry count of 0: the gateway retries, the SDK never does). ``tests/proxy/
-    test_raw_sender.py`` checks the requests are the same as the SDK's own, for both
-    SDKs. Errors are the ones ``send_raw`` raises.
+    CPU than the HTTP exchange itself. This sends the same request: the SDK client's
+    base URL, the headers it sends on every request (``sdk_headers``), and the few it
+    sets per call (the timeout it was given, and a retry count of 0: the gateway
+    retries, the SDK never does). ``tests/proxy/test_raw_sender.py`` checks the requests
+    are the same as the SDK's own, for both SDKs. Errors are the ones ``send_raw`` raises.
+
+    The exchange goes through ``pool`` (``direct_pool``: urllib3): per call it costs
+    about two thirds of the CPU of httpx's, and reading a streamed answer about half, a
+    chunk at a time (``tests/benchmarks/clients.py``). Without a pool (a proxy in the
+    environment, or tests' in-memory transports) it goes through the SDK's httpx client.
+    It follows no redirect: a 3xx is an error status, as a 4xx is.
     """
 
     def __init__(
@@ -197,12 +243,17 @@ class RawSender:
         http: httpx2.Client,
         base_url: str,
         headers: tuple[dict[str, str], frozenset[str]],
+        *,
+        pool: urllib3.HTTPConnectionPool | None = None,
     ) -> None:
         self._http = http
         self._base_url = base_url if base_url.endswith("/") else base_url + "/"
         self._headers, per_call = headers
         self._default_timeout = http.timeout
         self._is_timeout_sent = "x-stainless-timeout" in per_call
+        self._pool = pool
+        self._path_prefix = urlsplit(self._base_url).path
+        self._default_pool_timeout = _pool_timeout(http.timeout)
 
     def post(
         self,
@@ -218,6 +269,9 @@ class RawSender:
             sent["x-stainless-read-timeout"] = str(used.read)
         if self._is_timeout_sent:  # anthropic's: the request's own timeout, if it had one
             sent["x-stainless-timeout"] = str(timeout.read) if timeout is not None else "NOT_GIVEN"
+        if self._pool is not None:
+            pool_timeout = self._default_pool_timeout if timeout is None else _pool_timeout(used)
+            return self._post_pooled(self._pool, path, orjson.dumps(body), sent, pool_timeout)
         request = self._http.build_request(
             "POST",
             self._base_url + path.lstrip("/"),
@@ -239,7 +293,89 @@ class RawSender:
             finally:
                 response.close()
             raise _status_error(response, content)
-        return UpstreamResponse(response)
+        return httpx_answer(response)
+
+    def _post_pooled(
+        self,
+        pool: urllib3.HTTPConnectionPool,
+        path: str,
+        content: bytes,
+        headers: dict[str, str],
+        timeout: urllib3.Timeout,
+    ) -> UpstreamResponse:
+        # Header values as the SDKs send them, UTF-8; http.client would encode a str as
+        # latin-1, so a non-ASCII value goes as bytes (which it sends as they are).
+        encoded = {
+            name: value if value.isascii() else value.encode() for name, value in headers.items()
+        }
+        try:
+            response = pool.urlopen(
+                "POST",
+                self._path_prefix + path.lstrip("/"),
+                body=content,
+                headers=encoded,  # type: ignore[arg-type]  # bytes values: see above
+                retries=False,
+                redirect=False,
+                timeout=timeout,
+                preload_content=False,
+                decode_content=False,
+            )
+        except NewConnectionError as exc:  # before its base class, ConnectTimeoutError
+            raise _unreachable() from exc
+        except Urllib3Timeout as exc:
+            raise _timed_out() from exc
+        except (Urllib3Error, OSError) as exc:
+            raise _unreachable() from exc
+        answer = UpstreamResponse(
+            response.status,
+            {name.lower(): value for name, value in response.headers.items()},
+            Urllib3Body(response),
+        )
+        if response.status >= 300:
+            raise UpstreamHttpError(answer.status, answer.read(), answer.headers)
+        return answer
+
+
+def _pool_timeout(timeout: httpx2.Timeout) -> urllib3.Timeout:
+    """httpx's connect and read timeouts (its write and pool phases have no match: the
+    pool never makes a call wait for a connection, and a send blocks on a socket with
+    the connect timeout)."""
+    return urllib3.Timeout(connect=timeout.connect, read=timeout.read)
+
+
+class Urllib3Body:
+    """A urllib3 response's body. Its connection goes back to the pool once the body is
+    read to the end; closed early (a caller gone mid-stream), the connection closes."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+        self._response = response
+
+    def read(self) -> bytes:
+        try:
+            return self._response.read(decode_content=True)
+        except Urllib3Timeout as exc:
+            raise UpstreamTimeout(STOPPED_SENDING) from exc
+        except (Urllib3Error, OSError) as exc:
+            raise UpstreamUnreachable(BROKE_SENDING) from exc
+        finally:
+            self.close()
+
+    def chunks(self) -> Iterator[bytes]:
+        response = self._response
+        try:
+            if response.chunked:  # each chunk as it comes, as the provider framed them
+                yield from response.read_chunked(decode_content=False)
+            else:
+                while chunk := response.read1(STREAM_READ_BYTES, decode_content=False):
+                    yield chunk
+        except Urllib3Timeout as exc:
+            raise UpstreamTimeout(STOPPED_STREAMING) from exc
+        except (Urllib3Error, OSError) as exc:
+            raise UpstreamUnreachable(BROKE_STREAMING) from exc
+
+    def close(self) -> None:
+        self._response.close()  # a no-op for a connection already back in the pool
+        self._response.release_conn()
 
 
 def timeout_for(connect: float, first_byte: float, read: float) -> httpx2.Timeout:

@@ -10,10 +10,10 @@ one small chat completion at a time, three ways, through one ``LazySdk`` (the sa
   with ``X-Stainless-Raw-Response: stream``, the raw body read unparsed), which the
   gateway used for every upstream call until 1 December 2026;
 - ``raw``: what the gateway's hot path does now (``RawSender.post``: the headers the SDK
-  sends, captured once, and the per-call ones it would set; an orjson body; the SDK's
-  httpx client);
-- ``httpx``: the bare exchange on the same httpx client, with a request built here once
-  per call from the same headers and no per-call work: the lower bound.
+  sends, captured once, and the per-call ones it would set; an orjson body; its urllib3
+  pool, ``direct_pool``; ``tests.benchmarks.clients`` compares the HTTP clients alone);
+- ``httpx``: the bare exchange on the SDK's httpx client, with a request built here once
+  per call from the same headers and no per-call work: the lower bound for httpx.
 
 It prints this process's CPU per call (user + system, best of the rounds) and wall time
 per call, and what each path adds over the bare exchange. Not collected by pytest.
