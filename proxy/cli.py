@@ -844,17 +844,23 @@ def serve() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--worker-class",
-    type=click.Choice(["gthread", "gevent", "sync"]),
-    default="gthread",
+    type=click.Choice(["gevent", "gthread", "sync"]),
+    default="gevent",
     show_default=True,
-    help="gunicorn worker model.",
+    help="gunicorn worker model: gevent holds many slow streams at once (see README).",
 )
-@click.option("--threads", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--threads",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Threads per worker, for --worker-class gthread.",
+)
 def serve_proxy(host: str, port: int, workers: int, worker_class: str, threads: int) -> None:
     """Serve the proxy with gunicorn (migrates the database first).
 
     Without METERGATE_REDIS_URL, limits, quotas and the cache live in process
-    memory, so the proxy runs one worker (with threads) to keep them exact.
+    memory, so the proxy runs one worker to keep them exact.
     """
     from proxy.server import run_gunicorn
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -45,6 +46,21 @@ class ProxyApplication(BaseApplication):  # type: ignore[misc]
         # it again (shorter pauses, and a stopping worker exits without minutes of GC).
         gc.freeze()
         return app
+
+
+def warm_platform_cache() -> None:
+    """Ask ``platform`` what the SDKs ask it, once, in the master: the workers inherit
+    the answer instead of each running ``uname -p`` at its first call to a provider.
+
+    The openai and anthropic SDKs put ``platform.platform()`` in their headers, and on
+    Linux its first call runs ``uname -p`` in a subprocess. In a gevent worker that is
+    gevent's subprocess, which forks in Python: the fork handlers run in the child
+    (OpenTelemetry's restarts its exporter thread), and a worker's first calls failed
+    now and then (500s from redis-py releasing a connection of another process id,
+    503s, a call that never ended, a stray process with the worker's command line).
+    With the answer cached here, no worker forks.
+    """
+    platform.platform()
 
 
 def make_psycopg_cooperative() -> None:
@@ -146,6 +162,7 @@ def run_gunicorn(*, host: str, port: int, workers: int, worker_class: str, threa
     }
     if worker_class == "gevent":
         options["worker_connections"] = 2000
+    warm_platform_cache()
     gc.freeze()  # the master's imports and config, shared with the workers it forks
     with fresh_metrics_dir():
         ProxyApplication(options).run()

@@ -53,3 +53,45 @@ def test_other_calls_run_while_a_gevent_worker_waits_for_postgresql(pg_url: str)
     assert ticks_during_query(pg_url, "as imported") == 0
     # 50 ticks would fit in the half second; a loaded machine gets fewer, never none.
     assert ticks_during_query(pg_url, "cooperative") >= 10
+
+
+# A worker's first call to each provider builds the SDK's headers (``LazySdk``), which
+# name the platform; spawned processes are listed on stdout.
+FIRST_CALLS = """
+import subprocess, sys
+from proxy.providers.sdk import LazySdk
+from proxy.server import warm_platform_cache
+
+if sys.argv[1] == "warmed":
+    warm_platform_cache()  # as the master does before it forks the workers
+started = subprocess.Popen.__init__
+
+def spy(self, args, *rest, **options):
+    print(args)
+    started(self, args, *rest, **options)
+
+subprocess.Popen.__init__ = spy
+for module, client_class, base_url in (
+    ("openai", "OpenAI", "http://127.0.0.1:9/v1"),
+    ("anthropic", "Anthropic", "http://127.0.0.1:9"),
+):
+    LazySdk(module, client_class, api_key="sk-test", base_url=base_url, timeout=5.0).sender()
+"""
+
+
+def spawned_by_first_calls(mode: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_CALLS, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return done.stdout.splitlines()
+
+
+def test_a_workers_first_call_to_a_provider_forks_no_process() -> None:
+    # The SDKs' platform headers run `uname -p` the first time (a fork, which in a gevent
+    # worker runs Python in the child); the master asks once, and every worker inherits it.
+    assert any("uname" in line for line in spawned_by_first_calls("cold"))
+    assert spawned_by_first_calls("warmed") == []
