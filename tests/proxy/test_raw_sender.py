@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import gzip
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -23,6 +25,7 @@ import httpx2
 import openai
 import orjson
 import pytest
+import trustme
 
 from proxy.providers.base import UpstreamHttpError, UpstreamTimeout, UpstreamUnreachable
 from proxy.providers.sdk import (
@@ -215,6 +218,10 @@ class Upstream:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
+    def wrap(self, context: ssl.SSLContext) -> None:
+        """Serve HTTPS from now on (connections accepted later are wrapped)."""
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
@@ -314,11 +321,14 @@ def test_the_pooled_sender_raises_an_error_status_with_its_body(
     assert raised.value.headers[next(iter(headers)).lower()] == next(iter(headers.values()))
 
 
-def test_the_pooled_sender_decodes_a_compressed_body_as_the_sdk_would() -> None:
+def test_the_pooled_sender_decodes_a_compressed_body_and_reuses_the_connection() -> None:
     body = b'{"id":"chatcmpl-1","choices":[]}'
     with upstream(_reply(200, gzip.compress(body), {"content-encoding": "gzip"})) as server:
         sender = _pooled_sender(openai, "OpenAI", server.url + "/v1")
+        assert sender.post("/chat/completions", BODY, {}).read() == body  # as the SDK would
         assert sender.post("/chat/completions", BODY, {}).read() == body
+    first, second = server.seen
+    assert first.client_port == second.client_port  # read to the end: back in the pool
 
 
 def test_the_pooled_sender_hands_a_stream_back_chunk_by_chunk_and_reuses_the_connection() -> None:
@@ -406,3 +416,30 @@ def test_a_proxy_in_the_environment_sends_through_the_sdks_client(
     assert direct_pool("http://127.0.0.1:9000/v1") is not None  # no HTTP_PROXY
     monkeypatch.setenv("ALL_PROXY", "socks5://egress.internal:1080")
     assert direct_pool("http://127.0.0.1:9000/v1") is None
+
+
+def test_the_pooled_sender_verifies_tls_as_the_sdks_client_does(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """HTTPS through the pool: a certificate the SDK's httpx client trusts (here through
+    SSL_CERT_FILE, as httpx reads it) is trusted; one it does not trust is refused."""
+    authority = trustme.CA()
+    certificate = authority.issue_cert("localhost")
+    with upstream(_reply(200, b'{"ok":true}')) as server:
+        serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        certificate.configure_cert(serving)
+        server.wrap(serving)
+        base_url = server.url.replace("http://127.0.0.1", "https://localhost") + "/v1"
+
+        trusted = tmp_path / "trusted.pem"
+        authority.cert_pem.write_to_path(str(trusted))
+        monkeypatch.setenv("SSL_CERT_FILE", str(trusted))
+        answer = _pooled_sender(openai, "OpenAI", base_url).post("/chat/completions", BODY, {})
+        assert answer.read() == b'{"ok":true}'
+
+        stranger = tmp_path / "stranger.pem"
+        trustme.CA().cert_pem.write_to_path(str(stranger))
+        monkeypatch.setenv("SSL_CERT_FILE", str(stranger))
+        with pytest.raises(UpstreamUnreachable):
+            _pooled_sender(openai, "OpenAI", base_url).post("/chat/completions", BODY, {})
+    assert len(server.seen) == 1  # the refused handshake never reached the handler
