@@ -807,7 +807,7 @@ def realistic(log_dir: Path, dep: Deployment, seconds: float, results: Results) 
             server = starter()
             try:
                 wrk(server, 50, 3, stream=True, timeout_seconds=30)  # warm-up
-                if server.name.startswith("metergate"):
+                if server.name == "metergate":
                     warm_every_worker(server)
                 with sampled_rss(server, seconds / RSS_SAMPLES) as rss:
                     run = wrk(server, REALISTIC_CLIENTS, seconds, stream=True, timeout_seconds=30)
