@@ -328,7 +328,8 @@ class RawSender:
             raise _unreachable() from exc
         answer = UpstreamResponse(
             response.status,
-            {name.lower(): value for name, value in response.headers.items()},
+            # A header sent more than once comes as one value, joined, as httpx gives it.
+            {name.lower(): value for name, value in response.headers.itermerged()},
             Urllib3Body(response),
         )
         if response.status >= 300:

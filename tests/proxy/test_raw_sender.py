@@ -321,6 +321,26 @@ def test_the_pooled_sender_raises_an_error_status_with_its_body(
     assert raised.value.headers[next(iter(headers)).lower()] == next(iter(headers.values()))
 
 
+def test_a_header_sent_twice_comes_joined_as_httpx_gives_it() -> None:
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("x-upstream-note", "one")
+        handler.send_header("X-Upstream-Note", "two")
+        handler.send_header("content-length", "2")
+        handler.end_headers()
+        handler.wfile.write(b"{}")
+
+    with upstream(answer) as server:
+        pooled = _pooled_sender(openai, "OpenAI", server.url + "/v1").post(
+            "/chat/completions", BODY, {}
+        )
+        pooled.read()
+        through_httpx = httpx2.post(server.url + "/v1/chat/completions", content=b"{}")
+    assert pooled.headers["x-upstream-note"] == "one, two"
+    assert through_httpx.headers["x-upstream-note"] == "one, two"
+
+
 def test_the_pooled_sender_decodes_a_compressed_body_and_reuses_the_connection() -> None:
     body = b'{"id":"chatcmpl-1","choices":[]}'
     with upstream(_reply(200, gzip.compress(body), {"content-encoding": "gzip"})) as server:
