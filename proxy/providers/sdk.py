@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
@@ -149,12 +150,16 @@ def _status_error(response: httpx2.Response, content: bytes) -> UpstreamHttpErro
     )
 
 
+_TIMED_OUT = "the provider did not answer in time"
+_UNREACHABLE = "the provider could not be reached"
+
+
 def _timed_out() -> UpstreamTimeout:
-    return UpstreamTimeout("the provider did not answer in time")
+    return UpstreamTimeout(_TIMED_OUT)
 
 
 def _unreachable() -> UpstreamUnreachable:
-    return UpstreamUnreachable("the provider could not be reached")
+    return UpstreamUnreachable(_UNREACHABLE)
 
 
 # Headers the SDKs set per request, from the request's options; the rest are the client's.
@@ -308,7 +313,7 @@ class RawSender:
         encoded = {
             name: value if value.isascii() else value.encode() for name, value in headers.items()
         }
-        try:
+        with _urllib3_failures(_TIMED_OUT, _UNREACHABLE):
             response = pool.urlopen(
                 "POST",
                 self._path_prefix + path.lstrip("/"),
@@ -320,12 +325,6 @@ class RawSender:
                 preload_content=False,
                 decode_content=False,
             )
-        except NewConnectionError as exc:  # before its base class, ConnectTimeoutError
-            raise _unreachable() from exc
-        except Urllib3Timeout as exc:
-            raise _timed_out() from exc
-        except (Urllib3Error, OSError) as exc:
-            raise _unreachable() from exc
         answer = UpstreamResponse(
             response.status,
             # A header sent more than once comes as one value, joined, as httpx gives it.
@@ -344,6 +343,20 @@ def _pool_timeout(timeout: httpx2.Timeout) -> urllib3.Timeout:
     return urllib3.Timeout(connect=timeout.connect, read=timeout.read)
 
 
+@contextmanager
+def _urllib3_failures(timed_out: str, broken: str) -> Iterator[None]:
+    """urllib3's failures as the provider errors: a timeout, or anything else that
+    broke the exchange (refused, reset, dropped, TLS)."""
+    try:
+        yield
+    except NewConnectionError as exc:  # before its base class, ConnectTimeoutError
+        raise UpstreamUnreachable(broken) from exc
+    except Urllib3Timeout as exc:
+        raise UpstreamTimeout(timed_out) from exc
+    except (Urllib3Error, OSError) as exc:
+        raise UpstreamUnreachable(broken) from exc
+
+
 class Urllib3Body:
     """A urllib3 response's body. Its connection goes back to the pool once the body is
     read to the end; closed early (a caller gone mid-stream), the connection closes."""
@@ -353,26 +366,19 @@ class Urllib3Body:
 
     def read(self) -> bytes:
         try:
-            return self._response.read(decode_content=True)
-        except Urllib3Timeout as exc:
-            raise UpstreamTimeout(STOPPED_SENDING) from exc
-        except (Urllib3Error, OSError) as exc:
-            raise UpstreamUnreachable(BROKE_SENDING) from exc
+            with _urllib3_failures(STOPPED_SENDING, BROKE_SENDING):
+                return self._response.read(decode_content=True)
         finally:
             self.close()
 
     def chunks(self) -> Iterator[bytes]:
         response = self._response
-        try:
+        with _urllib3_failures(STOPPED_STREAMING, BROKE_STREAMING):
             if response.chunked:  # each chunk as it comes, as the provider framed them
                 yield from response.read_chunked(decode_content=False)
             else:
                 while chunk := response.read1(STREAM_READ_BYTES, decode_content=False):
                     yield chunk
-        except Urllib3Timeout as exc:
-            raise UpstreamTimeout(STOPPED_STREAMING) from exc
-        except (Urllib3Error, OSError) as exc:
-            raise UpstreamUnreachable(BROKE_STREAMING) from exc
 
     def close(self) -> None:
         self._response.close()  # a no-op for a connection already back in the pool

@@ -29,6 +29,7 @@ import trustme
 
 from proxy.providers.base import UpstreamHttpError, UpstreamTimeout, UpstreamUnreachable
 from proxy.providers.sdk import (
+    LazySdk,
     RawSender,
     clipped_timeout,
     direct_pool,
@@ -429,6 +430,9 @@ def test_a_stream_that_stops_mid_way_is_a_timeout() -> None:
 def test_a_proxy_in_the_environment_sends_through_the_sdks_client(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        for variant in (name, name.lower()):
+            monkeypatch.delenv(variant, raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://egress.internal:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,internal.example")
     assert direct_pool("https://api.openai.com/v1") is None
@@ -436,6 +440,22 @@ def test_a_proxy_in_the_environment_sends_through_the_sdks_client(
     assert direct_pool("http://127.0.0.1:9000/v1") is not None  # no HTTP_PROXY
     monkeypatch.setenv("ALL_PROXY", "socks5://egress.internal:1080")
     assert direct_pool("http://127.0.0.1:9000/v1") is None
+
+    # End to end, as a worker builds it: the call reaches the proxy, in proxy form.
+    monkeypatch.delenv("ALL_PROXY")
+    with upstream(_reply(200, b'{"ok":true}')) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        sdk = LazySdk(
+            "openai",
+            "OpenAI",
+            api_key="sk-test",
+            base_url="http://upstream.test/v1",
+            timeout=TIMEOUT,
+        )
+        assert sdk.sender().post("/chat/completions", BODY, {}).read() == b'{"ok":true}'
+        sdk.close()
+    (seen,) = proxy.seen
+    assert seen.path == "http://upstream.test/v1/chat/completions"
 
 
 def test_the_pooled_sender_verifies_tls_as_the_sdks_client_does(
