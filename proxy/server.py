@@ -19,6 +19,9 @@ from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from werkzeug.serving import WSGIRequestHandler
 
+from proxy.providers import show_sdk_headers
+from shared.settings import Settings
+
 # prometheus_client's multiprocess directory (read by it, so not imported from proxy.metrics:
 # importing prometheus_client in the master before this is set would break the workers).
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -163,6 +166,7 @@ def run_gunicorn(*, host: str, port: int, workers: int, worker_class: str, threa
     if worker_class == "gevent":
         options["worker_connections"] = 2000
     warm_platform_cache()
+    show_sdk_headers(Settings())  # the workers call providers without importing an SDK
     gc.freeze()  # the master's imports and config, shared with the workers it forks
     with fresh_metrics_dir():
         ProxyApplication(options).run()

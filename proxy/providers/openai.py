@@ -36,6 +36,11 @@ class OpenAIProvider:
         )
         self._moderation_timeout = settings.moderation_timeout_seconds
 
+    @property
+    def hot_path_sdk(self) -> LazySdk | None:
+        """The SDK whose headers the master shows before it forks (``show_headers``)."""
+        return self._sdk if self._has_key else None
+
     def send(
         self,
         path: str,

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +38,23 @@ from proxy.providers.base import (
 
 RAW_STREAM = {"X-Stainless-Raw-Response": "stream"}
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SdkHeaders:
+    """What the hot path needs of an SDK client: its base URL, the headers it sends on
+    every request and the names of those it sets per call (``sdk_headers``)."""
+
+    base_url: str
+    headers: dict[str, str]
+    per_call: frozenset[str]
+
+
+# Headers shown by the SDKs in a subprocess (``LazySdk.show_headers``), by client spec.
+# The master fills it before it forks: a worker inherits it and need not import an SDK
+# to call a provider (``anthropic`` alone holds ~40 MiB, ``openai`` ~20 MiB).
+_SHOWN: dict[str, SdkHeaders] = {}
+SHOW_TIMEOUT_SECONDS = 60.0
 
 
 class LazySdk:
@@ -70,12 +91,15 @@ class LazySdk:
                     )
                     client = make(http_client=http, **self._options)
                     base_url = str(client.base_url)
-                    self._sender = RawSender(
-                        http,
-                        base_url,
-                        sdk_headers(make, self._options),
-                        pool=direct_pool(base_url),
-                    )
+                    if self._sender is None:
+                        headers, per_call = sdk_headers(make, self._options)
+                        self._sender = RawSender(
+                            http,
+                            base_url,
+                            (headers, per_call),
+                            pool=direct_pool(base_url),
+                        )
+                        self._log_sender("import")
                     self._module, self._client = imported, client
                     log.info(
                         "event=sdk_loaded sdk=%s seconds=%.2f",
@@ -92,10 +116,41 @@ class LazySdk:
 
     def sender(self) -> RawSender:
         """The hot path's POST: the SDK's headers and connection pool, none of its
-        per-call layers (``RawSender``)."""
-        self.get()
+        per-call layers (``RawSender``). With the headers shown in a subprocess
+        (``show_headers``, in the master) it needs no SDK import, unless the environment
+        routes the provider through a proxy (then it sends on the SDK's httpx client)."""
+        if self._sender is None:
+            shown = _SHOWN.get(self.spec)
+            pool = direct_pool(shown.base_url) if shown is not None else None
+            if shown is not None and pool is not None:
+                with self._lock:
+                    if self._sender is None:
+                        self._sender = RawSender(
+                            None,
+                            shown.base_url,
+                            (shown.headers, shown.per_call),
+                            pool=pool,
+                            timeout=self._options["timeout"],
+                        )
+                        self._log_sender("shown")
+            else:
+                self.get()
         assert self._sender is not None
         return self._sender
+
+    @property
+    def spec(self) -> str:
+        """The client's module, class and options as JSON (its timeout as four numbers)."""
+        options = {
+            name: [value.connect, value.read, value.write, value.pool]
+            if isinstance(value, httpx2.Timeout)
+            else value
+            for name, value in self._options.items()
+        }
+        return json.dumps([self._module_name, self._client_class, options], sort_keys=True)
+
+    def _log_sender(self, source: str) -> None:
+        log.info("event=upstream_sender_ready sdk=%s headers=%s", self._module_name, source)
 
     def module(self) -> ModuleType:
         self.get()
@@ -105,6 +160,49 @@ class LazySdk:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+def show_headers(sdks: Sequence[LazySdk]) -> None:
+    """Have each SDK show the headers its client sends (``sdk_headers``), in one
+    subprocess, and keep them (``_SHOWN``) for ``LazySdk.sender``: called in the master,
+    so no worker imports an SDK for the hot path. The SDK is the same one the workers
+    would import, on the same interpreter and platform, so the headers are the ones a
+    worker's own import would give. A failure is logged, and the workers import as
+    before."""
+    specs = [sdk.spec for sdk in sdks if sdk.spec not in _SHOWN]
+    if not specs:
+        return
+    started = time.perf_counter()
+    try:
+        shown = subprocess.run(
+            [sys.executable, "-m", "proxy.providers.sdk"],
+            input=json.dumps(specs).encode(),
+            capture_output=True,
+            timeout=SHOW_TIMEOUT_SECONDS,
+            check=True,
+        )
+        found = json.loads(shown.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        stderr = getattr(exc, "stderr", None) or b""
+        log.warning("event=sdk_headers_not_shown error=%r detail=%r", exc, stderr.decode()[-500:])
+        return
+    for spec, (base_url, headers, per_call) in zip(specs, found, strict=True):
+        _SHOWN[spec] = SdkHeaders(base_url, headers, frozenset(per_call))
+    log.info(
+        "event=sdk_headers_shown count=%d seconds=%.2f", len(specs), time.perf_counter() - started
+    )
+
+
+def _show(spec: str) -> tuple[str, dict[str, str], list[str]]:
+    """In the subprocess: make the client ``spec`` describes and capture its headers."""
+    module_name, client_class, options = json.loads(spec)
+    module = importlib.import_module(module_name)
+    make = getattr(module, client_class)
+    connect, read, write, pool = options["timeout"]
+    options["timeout"] = httpx2.Timeout(connect=connect, read=read, write=write, pool=pool)
+    base_url = str(make(**options).base_url)
+    headers, per_call = sdk_headers(make, options)
+    return base_url, headers, sorted(per_call)
 
 
 def send_raw(
@@ -245,20 +343,26 @@ class RawSender:
 
     def __init__(
         self,
-        http: httpx2.Client,
+        http: httpx2.Client | None,
         base_url: str,
         headers: tuple[dict[str, str], frozenset[str]],
         *,
         pool: urllib3.HTTPConnectionPool | None = None,
+        timeout: httpx2.Timeout | None = None,
     ) -> None:
+        if pool is None and http is None:
+            raise ValueError("RawSender needs a connection pool or an httpx client")
         self._http = http
         self._base_url = base_url if base_url.endswith("/") else base_url + "/"
         self._headers, per_call = headers
-        self._default_timeout = http.timeout
+        default = timeout if timeout is not None else http.timeout if http is not None else None
+        if default is None:
+            raise ValueError("RawSender needs a timeout (or the httpx client's)")
+        self._default_timeout: httpx2.Timeout = default
         self._is_timeout_sent = "x-stainless-timeout" in per_call
         self._pool = pool
         self._path_prefix = urlsplit(self._base_url).path
-        self._default_pool_timeout = _pool_timeout(http.timeout)
+        self._default_pool_timeout = _pool_timeout(default)
 
     def post(
         self,
@@ -277,6 +381,7 @@ class RawSender:
         if self._pool is not None:
             pool_timeout = self._default_pool_timeout if timeout is None else _pool_timeout(used)
             return self._post_pooled(self._pool, path, orjson.dumps(body), sent, pool_timeout)
+        assert self._http is not None  # no pool: made with the SDK's client
         request = self._http.build_request(
             "POST",
             self._base_url + path.lstrip("/"),
@@ -405,3 +510,7 @@ def clipped_timeout(timeout: httpx2.Timeout, limit_seconds: float | None) -> htt
         write=clip(timeout.write),
         pool=clip(timeout.pool),
     )
+
+
+if __name__ == "__main__":  # ``show_headers``'s subprocess: specs in, headers out (JSON)
+    json.dump([_show(spec) for spec in json.load(sys.stdin)], sys.stdout)

@@ -575,17 +575,17 @@ def load_average() -> str:
 
 
 def warm_every_worker(server: Server) -> None:
-    """Call metergate until each of its workers has imported the openai SDK (it does at
-    its first call to the provider, 0.5-2 s, and logs ``event=sdk_loaded``). A gevent
-    worker can take every connection of a warm-up, leaving the other worker to import
-    in the middle of a measured run: one stall of half a second, which wrk's latency
-    correction turns into a p99 of hundreds of ms at c=1."""
+    """Call metergate until each of its workers has made its upstream sender for openai
+    (it does at its first call to the provider, and logs ``event=upstream_sender_ready``;
+    without the headers shown by the master, that first call imports the SDK: 0.5-2 s).
+    A gevent worker can take every connection of a warm-up, leaving the other worker's
+    first call to the middle of a measured run."""
     for _ in range(30):
-        loaded = server.log_text().count("event=sdk_loaded sdk=openai")
-        if loaded >= WORKERS:
+        ready = server.log_text().count("event=upstream_sender_ready sdk=openai")
+        if ready >= WORKERS:
             return
         wrk(server, 8, 1)  # new connections, which any worker may accept
-    raise RuntimeError(f"{server.name}: only {loaded} of {WORKERS} workers answered a call")
+    raise RuntimeError(f"{server.name}: only {ready} of {WORKERS} workers answered a call")
 
 
 def measure(

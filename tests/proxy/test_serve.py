@@ -77,6 +77,11 @@ def test_gunicorn_workers_serve_and_flush_records_on_sigterm(
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=60)
     assert server.returncode == 0, output.decode(errors="replace")[-2000:]
+    # The master had the SDK show its headers before it forked: no worker imported it.
+    logged = output.decode(errors="replace")
+    assert "event=sdk_headers_shown" in logged
+    assert "event=upstream_sender_ready sdk=openai headers=shown" in logged
+    assert "event=sdk_loaded" not in logged
     with engine.connect() as connection:
         count = connection.scalar(
             select(func.count())
