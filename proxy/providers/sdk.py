@@ -50,7 +50,7 @@ class SdkHeaders:
     per_call: frozenset[str]
 
 
-# Headers shown by the SDKs in a subprocess (``LazySdk.show_headers``), by client spec.
+# Headers shown by the SDKs in a subprocess (``show_headers``), by client spec (``LazySdk.spec``).
 # The master fills it before it forks: a worker inherits it and need not import an SDK
 # to call a provider (``anthropic`` alone holds ~40 MiB, ``openai`` ~20 MiB).
 _SHOWN: dict[str, SdkHeaders] = {}
@@ -175,7 +175,7 @@ def show_headers(sdks: Sequence[LazySdk]) -> None:
     started = time.perf_counter()
     try:
         shown = subprocess.run(
-            [sys.executable, "-m", "proxy.providers.sdk"],
+            [sys.executable, "-c", "from proxy.providers.sdk import show_main; show_main()"],
             input=json.dumps(specs).encode(),
             capture_output=True,
             timeout=SHOW_TIMEOUT_SECONDS,
@@ -512,5 +512,6 @@ def clipped_timeout(timeout: httpx2.Timeout, limit_seconds: float | None) -> htt
     )
 
 
-if __name__ == "__main__":  # ``show_headers``'s subprocess: specs in, headers out (JSON)
+def show_main() -> None:
+    """``show_headers``'s subprocess: client specs in, their headers out (JSON)."""
     json.dump([_show(spec) for spec in json.load(sys.stdin)], sys.stdout)
