@@ -732,6 +732,8 @@ class Pipeline:
         def settle() -> None:
             try:
                 self.record(ctx, answer)
+            except Exception:  # the answer is out: a bug here is logged, never raised
+                log.exception("event=settle_failed request_id=%s", ctx.id)
             finally:
                 writer.kept(promise)
 

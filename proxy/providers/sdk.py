@@ -147,7 +147,9 @@ class LazySdk:
             else value
             for name, value in self._options.items()
         }
-        return json.dumps([self._module_name, self._client_class, options], sort_keys=True)
+        return json.dumps(
+            [self._module_name, self._client_class, options], sort_keys=True, default=str
+        )
 
     def _log_sender(self, source: str) -> None:
         log.info("event=upstream_sender_ready sdk=%s headers=%s", self._module_name, source)
@@ -198,8 +200,9 @@ def _show(spec: str) -> tuple[str, dict[str, str], list[str]]:
     module_name, client_class, options = json.loads(spec)
     module = importlib.import_module(module_name)
     make = getattr(module, client_class)
-    connect, read, write, pool = options["timeout"]
-    options["timeout"] = httpx2.Timeout(connect=connect, read=read, write=write, pool=pool)
+    if isinstance(options.get("timeout"), list):  # an httpx Timeout, as ``spec`` wrote it
+        connect, read, write, pool = options["timeout"]
+        options["timeout"] = httpx2.Timeout(connect=connect, read=read, write=write, pool=pool)
     base_url = str(make(**options).base_url)
     headers, per_call = sdk_headers(make, options)
     return base_url, headers, sorted(per_call)
