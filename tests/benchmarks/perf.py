@@ -9,9 +9,11 @@ Brings up, each as its own processes:
 - the simulator (what ``metergate simulator`` runs, no latency, with the rate limits it
   reports raised out of the way), measured directly ("direct");
 - a bare floor (``tests/benchmarks/floor_app.py``: Flask forwarding with a pooled httpx
-  client) under gunicorn, with the proxy's worker settings ("floor");
+  client) under gunicorn, twice: gthread workers ("floor") and gevent ("floor-gevent");
+  each target is taken against the better of the two at that point;
 - metergate in its production shape ("metergate"): ``metergate serve proxy --workers 2``
-  (gunicorn) on a fresh PostgreSQL database of its own (created, migrated, dropped) and a
+  (gunicorn, gevent workers as shipped; ``--worker-class gthread`` for gthread) on a
+  fresh PostgreSQL database of its own (created, migrated, dropped) and a
   Redis database of its own (``REDIS_DB``, emptied before and after), with a key whose
   tier has every feature on: auth, requests- and tokens-per-minute limits, monthly
   token and USD quotas reserved per call, a tenant cap and a global cap, the response
@@ -26,8 +28,9 @@ every answer's status and body and counts the bad ones. For each target and conc
 server CPU ms per request (utime + stime of the server's processes from /proc, delta
 over the run, divided by the requests answered) and RSS per worker; then cache hits
 (the same question again), streaming (CPU per streamed chunk; time to first token from
-a sequential Python client) for each target. Every point runs ``--repeat`` times (3):
-the median is printed, with the spread (min-max) in brackets.
+a sequential Python client) for each target, and the issue's targets, met or missed.
+Every point runs ``--repeat`` times (3): the median is printed, with the spread
+(min-max) in brackets.
 
 ``--realistic``: the simulator answers in about 1 s, streaming its tokens over that
 second; 500 concurrent clients stream for ``--realistic-seconds`` directly, through the
