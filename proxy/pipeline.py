@@ -151,7 +151,7 @@ class Pipeline:
     def handle(self, endpoint: Endpoint, request: Request) -> Response:
         gw = self.gateway
         ctx = begin(request, endpoint.dialect, endpoint.name, gw.trust_forwarded_for)
-        settles_later = False  # once the answer is out: a stream's end, a body's last byte
+        is_streaming = False
         try:
             request_headers = _lower_headers(request)
             tracing.start(gw.tracing, ctx, request_headers)
@@ -171,9 +171,7 @@ class Pipeline:
             tracing.mark(ctx, "rate_limit")
             hit = self._admit(ctx, endpoint, body, request_headers)
             if hit is not None:
-                response = self._serve_cached(ctx, endpoint, hit)
-                settles_later = True
-                return response
+                return self._serve_cached(ctx, endpoint, hit)
             tracing.mark(ctx, "upstream")
             upstream_body = endpoint.upstream_body(body, ctx.facts, ctx.model.upstream_model)
             if ctx.principal.is_prompt_cache_marked:
@@ -183,17 +181,16 @@ class Pipeline:
             tracing.propagate(ctx, headers)
             if ctx.facts.is_stream:
                 response = self._stream(ctx, endpoint, provider, upstream_body, headers)
-            else:
-                response = self._answer(ctx, endpoint, provider, upstream_body, headers)
-            settles_later = True
-            return response
+                is_streaming = True  # from here the stream settles, when it ends
+                return response
+            return self._answer(ctx, endpoint, provider, upstream_body, headers)
         except GatewayError as error:
             return self.refuse(ctx, error)
         except Exception:  # a bug: the caller still gets a JSON error, the call a record
             log.exception("event=pipeline_error request_id=%s", ctx.id)
             return self.refuse(ctx, GatewayError("The gateway failed to handle this request."))
         finally:
-            if not settles_later:  # whatever escaped (gevent timeout, worker abort): release
+            if not is_streaming:  # whatever escaped (gevent timeout, worker abort): release
                 self._settle_usage(ctx)
 
     def refuse(self, ctx: CallContext, error: GatewayError) -> Response:
@@ -373,11 +370,9 @@ class Pipeline:
         tracing.mark(ctx, "answer")
         ctx.first_token_at = time.perf_counter()
         passed = {**passed_response_headers(upstream.headers), **gateway_headers(ctx)}
-        answer = fetched.answer if upstream.status == 200 else None
-        if endpoint.keeps_answers:  # its owner is remembered before the answer leaves
-            self.record(ctx, answer, is_kept=True)
-            return Response(raw, upstream.status, passed, mimetype="application/json")
-        return self._record_once_sent(ctx, [raw], upstream.status, passed, answer)
+        response = Response(raw, upstream.status, passed, mimetype="application/json")
+        self.record(ctx, fetched.answer if upstream.status == 200 else None, endpoint.keeps_answers)
+        return response
 
     def _fetch(
         self,
@@ -703,44 +698,14 @@ class Pipeline:
         summary = endpoint.recorded_answer(entry.body)
         ctx.response_body = orjson.dumps(summary).decode() if summary else body.decode()
         ctx.first_token_at = time.perf_counter()
-        headers = gateway_headers(ctx)
         if ctx.facts.is_stream:
-            headers["Cache-Control"] = "no-cache"
             events = replay_stream(endpoint.name, entry.body, ctx.facts)
-            return self._record_once_sent(ctx, events, 200, headers, mimetype="text/event-stream")
-        return self._record_once_sent(ctx, [body], 200, headers)
-
-    def _record_once_sent(
-        self,
-        ctx: CallContext,
-        chunks: list[bytes],
-        status: int,
-        headers: dict[str, str],
-        answer: JsonObject | None = None,
-        mimetype: str = "application/json",
-    ) -> Response:
-        """A response whose call is settled and recorded (``record``) once its last byte
-        has been handed to the server, or when the server closes it before that.
-
-        The settle round trip is then off the caller's latency. What it releases (the
-        quota hold, the token charge, the single-flight claim) is held that much longer,
-        which errs on the safe side; a WSGI server always iterates or closes the body.
-        """
-        writer = self.gateway.writer
-        promise = writer.promise()  # a flush from now on waits for this record
-
-        def settle() -> None:
-            try:
-                self.record(ctx, answer)
-            except Exception:  # the answer is out: a bug here is logged, never raised
-                log.exception("event=settle_failed request_id=%s", ctx.id)
-            finally:
-                writer.kept(promise)
-
-        body = _ThenRecord(chunks, settle)
-        response = Response(body, status, headers, mimetype=mimetype)
-        if len(chunks) == 1:  # a whole body keeps its length (a replayed stream is chunked)
-            response.content_length = len(chunks[0])
+            response = Response(events, status=200, mimetype="text/event-stream")
+            response.headers["Cache-Control"] = "no-cache"
+        else:
+            response = Response(body, status=200, mimetype="application/json")
+        response.headers.update(gateway_headers(ctx))
+        self.record(ctx)
         return response
 
     def _settle_cache(
@@ -757,26 +722,6 @@ class Pipeline:
             if ctx.output_valid is not False:
                 entry = CacheEntry(answer, ctx.usage, ctx.cost_usd, ctx.model.name)
         cache.settle(ticket, entry, batch)
-
-
-class _ThenRecord:
-    """A body of ready chunks that runs ``after`` once, when the last chunk has been
-    taken (so written: the server asks for the next only then) or at ``close``."""
-
-    __slots__ = ("_after", "_chunks")
-
-    def __init__(self, chunks: list[bytes], after: Callable[[], None]) -> None:
-        self._chunks = chunks
-        self._after: Callable[[], None] | None = after
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self._chunks
-        self.close()
-
-    def close(self) -> None:
-        after, self._after = self._after, None
-        if after is not None:
-            after()
 
 
 def _no_entry(may_wait: bool = True) -> CacheEntry | None:

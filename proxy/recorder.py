@@ -80,11 +80,6 @@ class RecordWriter:
         self._next_retry = 0.0
         self._next_spool_look = 0.0
         self._closed = False
-        # Records promised by calls whose answer goes out before they are recorded.
-        self._promises = threading.Condition(threading.Lock())
-        self._promised: set[int] = set()
-        self._last_promise = 0
-        self._promise_waiters = 0
         self.written_count = 0
         self.spooled_count = 0
 
@@ -94,22 +89,6 @@ class RecordWriter:
         self._queue.put(record)
         if self._queue.qsize() >= self._batch_size:
             self._wake.set()
-
-    def promise(self) -> int:
-        """Announce a record to come: a call answered before it is recorded says so
-        before its answer leaves, and ``flush`` and ``seen`` wait for the records
-        announced before them. Hand the number to ``kept`` once the record is submitted
-        (or never will be)."""
-        with self._promises:
-            self._last_promise += 1
-            self._promised.add(self._last_promise)
-            return self._last_promise
-
-    def kept(self, number: int) -> None:
-        with self._promises:
-            self._promised.discard(number)
-            if self._promise_waiters:
-                self._promises.notify_all()
 
     def observe_with(self, observer: Callable[[CallRecord], None]) -> None:
         """Show ``observer`` (the metrics) every record, in the writer thread, as it is
@@ -154,30 +133,13 @@ class RecordWriter:
         return self._reached(_FlushMark(threading.Event()), timeout)
 
     def _reached(self, mark: _FlushMark | _SeenMark, timeout: float) -> bool:
-        """Wait for the records promised so far to be submitted, queue ``mark`` behind
-        them and wait for the writer thread to reach it (without the thread: whether
-        nothing is left to reach)."""
-        deadline = time.monotonic() + timeout
-        if not self._promises_kept(deadline):
-            return False
+        """Queue ``mark`` behind what was submitted so far and wait for the writer thread
+        to reach it (without the thread: whether nothing is left to reach)."""
         if self._thread is None or not self._thread.is_alive():
             return self.queue_depth == 0
         self._queue.put(mark)
         self._wake.set()  # no gathering to sleep out first
-        return mark.done.wait(max(0.0, deadline - time.monotonic()))
-
-    def _promises_kept(self, deadline: float) -> bool:
-        """Wait until every record promised before now has been submitted."""
-        with self._promises:
-            last = self._last_promise
-            self._promise_waiters += 1
-            try:
-                return self._promises.wait_for(
-                    lambda: min(self._promised, default=last + 1) > last,
-                    max(0.0, deadline - time.monotonic()),
-                )
-            finally:
-                self._promise_waiters -= 1
+        return mark.done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         """Drain the queue and stop the thread. Records left go to the spool."""

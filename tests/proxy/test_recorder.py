@@ -292,32 +292,3 @@ def test_an_observer_that_raises_costs_no_record(db_url: str, tmp_path: Path) ->
         engine.dispose()
     assert count == 3
     assert shown == [record.id for record in records]  # the next observer still saw them
-
-
-def test_flush_and_seen_wait_for_the_records_promised_before_them(tmp_path: Path) -> None:
-    """A call answered before it is recorded promises its record first: a flush or a
-    scrape waits for the records promised before it, and not for those promised after."""
-    writer = RecordWriter(
-        make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"), tmp_path, flush_seconds=5.0
-    )
-    shown: list[str] = []
-    writer.observe_with(lambda record: shown.append(record.id))
-    writer.start()
-    try:
-        early = writer.promise()
-        assert writer.seen(timeout=0.2) is False  # the promised record is not in yet
-        assert writer.flush(timeout=0.2) is False
-        done: list[bool] = []
-        flushing = threading.Thread(target=lambda: done.append(writer.seen(timeout=30)))
-        flushing.start()
-        wait_for(lambda: writer._promise_waiters == 1)  # the scrape is waiting
-        late = writer.promise()  # made after the scrape began: not waited for
-        first = _record()
-        writer.submit(first)
-        writer.kept(early)
-        flushing.join(30)
-        assert done == [True] and shown == [first.id]
-        writer.kept(late)  # kept without a record (a call whose record never came)
-        assert writer.seen(timeout=5)
-    finally:
-        writer.close()
