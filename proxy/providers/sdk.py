@@ -171,7 +171,7 @@ def show_headers(sdks: Sequence[LazySdk]) -> None:
     would import, on the same interpreter and platform, so the headers are the ones a
     worker's own import would give. A failure is logged, and the workers import as
     before."""
-    specs = [sdk.spec for sdk in sdks if sdk.spec not in _SHOWN]
+    specs = [spec for spec in dict.fromkeys(sdk.spec for sdk in sdks) if spec not in _SHOWN]
     if not specs:
         return
     started = time.perf_counter()

@@ -27,6 +27,7 @@ import orjson
 import pytest
 import trustme
 
+from proxy.providers import sdk as sdk_module
 from proxy.providers.base import UpstreamHttpError, UpstreamTimeout, UpstreamUnreachable
 from proxy.providers.sdk import (
     LazySdk,
@@ -35,6 +36,7 @@ from proxy.providers.sdk import (
     direct_pool,
     sdk_headers,
     send_raw,
+    show_headers,
     timeout_for,
 )
 
@@ -291,15 +293,32 @@ def _pooled_sender(module: Any, client_class: str, base_url: str) -> RawSender:
     ],
 )
 @pytest.mark.parametrize("seconds_left", [None, 0.7371])
+@pytest.mark.parametrize("headers_from", ["import", "shown"])
 def test_the_pooled_sender_sends_what_the_sdk_sends(
-    module: Any, client_class: str, base_path: str, path: str, seconds_left: float | None
+    module: Any,
+    client_class: str,
+    base_path: str,
+    path: str,
+    seconds_left: float | None,
+    headers_from: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Both ways a worker gets its sender: importing the SDK, or with the headers the
+    master had the SDK show in a subprocess (``show_headers``: no SDK client here)."""
     forwarded = _forwarded(module)
     timeout = clipped_timeout(TIMEOUT, seconds_left)
     with upstream(_reply(200, b'{"ok":true}')) as server:
         base_url = server.url + base_path
         sdk = _sent_by_sdk(module, client_class, base_url, path, forwarded, timeout)
-        answer = _pooled_sender(module, client_class, base_url).post(path, BODY, forwarded, timeout)
+        if headers_from == "shown":
+            monkeypatch.setattr(sdk_module, "_SHOWN", {})
+            lazy = LazySdk(module.__name__, client_class, **_options(base_url))
+            show_headers([lazy])
+            sender = lazy.sender()
+            assert lazy._module is None  # sent without the SDK's client
+        else:
+            sender = _pooled_sender(module, client_class, base_url)
+        answer = sender.post(path, BODY, forwarded, timeout)
         assert answer.read() == b'{"ok":true}'
 
     (raw,) = server.seen
