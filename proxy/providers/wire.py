@@ -1,0 +1,76 @@
+"""The connections of the hot path's pool (``sdk.direct_pool``): urllib3's, reading a
+response's header block without the ``email`` package.
+
+``http.client`` hands every response's header block to ``email.parser``: its feed
+parser, a ``Message`` built line by line, its policy. A worker's profile put that at
+about a tenth of the CPU of a whole proxied call, more than urllib3's own part of the
+exchange. ``parse_headers`` below builds the same ``HTTPMessage`` directly from a
+header block in the form every provider sends (``name: value`` lines), and leaves
+anything else (folded lines, a field without a name, stray carriage returns) to the
+``email`` parser as before; ``tests/proxy/test_wire.py`` checks both give the same
+message. Nothing outside these connections changes: ``http.client`` itself is not
+patched.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import http.client
+import re
+import types
+from typing import Any, BinaryIO
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+# A block of plain fields: each line a field name (visible ASCII but ':'), a colon and a
+# value without CR or LF, ended by LF or CRLF; then the blank line (or none, at EOF).
+_PLAIN_BLOCK = re.compile(r"(?:[!-9;-~]+:[^\r\n]*\r?\n)*(?:\r?\n)?")
+# The email parser (``compat32``) keeps a value from after the colon, less leading
+# spaces and tabs, to the line end; the name as it came.
+_FIELD = re.compile(r"([!-9;-~]+):[ \t]*([^\r\n]*)\r?\n")
+
+
+def parse_headers(
+    fp: BinaryIO, _class: type[http.client.HTTPMessage] = http.client.HTTPMessage
+) -> http.client.HTTPMessage:
+    """``http.client.parse_headers``: the header block from ``fp`` as an ``HTTPMessage``,
+    the same one the ``email`` parser would build. Limits (line length, field count)
+    are ``http.client``'s, raised as it raises them."""
+    lines = http.client._read_headers(fp)  # type: ignore[attr-defined]  # its limits
+    block = b"".join(lines).decode("iso-8859-1")
+    if _PLAIN_BLOCK.fullmatch(block) is None:
+        return email.parser.Parser(_class=_class).parsestr(block)  # type: ignore[return-value]
+    message = _class()
+    message._headers = _FIELD.findall(block)  # type: ignore[attr-defined]  # compat32's list
+    message.set_payload("")  # what the email parser leaves after a header block
+    return message
+
+
+def _begin_with(parse: Any) -> Any:
+    """``HTTPResponse.begin`` of the running Python, calling ``parse`` for its header
+    block: the same code, given globals where ``parse_headers`` is ``parse``. (Its only
+    other use of the module is constants and ``_read_headers``.)"""
+    begin = http.client.HTTPResponse.begin
+    scope = {**vars(http.client), "parse_headers": parse}
+    return types.FunctionType(begin.__code__, scope, begin.__name__, begin.__defaults__)
+
+
+class QuickHeadersResponse(http.client.HTTPResponse):
+    """``http.client``'s response, its header block read by ``parse_headers``."""
+
+    begin = _begin_with(parse_headers)
+
+
+class Connection(HTTPConnection):
+    response_class = QuickHeadersResponse
+
+
+class TlsConnection(HTTPSConnection):
+    response_class = QuickHeadersResponse
+
+
+def use_quick_headers(pool: HTTPConnectionPool) -> HTTPConnectionPool:
+    """Make ``pool``'s connections (made from now on) read headers with ``parse_headers``."""
+    pool.ConnectionCls = TlsConnection if isinstance(pool, HTTPSConnectionPool) else Connection
+    return pool
