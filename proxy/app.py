@@ -22,6 +22,7 @@ from proxy.providers.base import Provider
 from proxy.quota import Quotas, build_quotas
 from proxy.ratelimit import RateLimits, build_rate_limits
 from proxy.read_deadline import ReadDeadlines
+from proxy.readiness import RedisParser
 from proxy.recorder import RecordWriter
 from proxy.resilience import Resilience
 from proxy.response_owners import build_response_owners
@@ -144,6 +145,7 @@ def _redis_for(url: str) -> Redis:
         socket_timeout=2.0,
         socket_connect_timeout=2.0,
         health_check_interval=30,
+        parser_class=RedisParser,  # checks an idle connection without gevent's poll
     )
     return Redis(connection_pool=pool)
 

@@ -35,7 +35,7 @@ from proxy.providers.base import (
     UpstreamUnreachable,
     httpx_answer,
 )
-from proxy.providers.wire import use_quick_headers
+from proxy.providers.wire import use_quick_connections
 
 RAW_STREAM = {"X-Stainless-Raw-Response": "stream"}
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ def direct_pool(base_url: str) -> urllib3.HTTPConnectionPool | None:
     manager = urllib3.PoolManager(
         num_pools=1, maxsize=POOL_SIZE, block=False, ssl_context=httpx2.create_ssl_context()
     )
-    return use_quick_headers(manager.connection_from_url(base_url))
+    return use_quick_connections(manager.connection_from_url(base_url))
 
 
 class RawSender:

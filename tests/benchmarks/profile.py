@@ -2,13 +2,14 @@
 
     .venv/bin/python -m tests.benchmarks.profile [--concurrency 64] [--seconds 15]
                                                  [--stream] [--hit] [--top 40]
+                                                 [--worker-class gevent|gthread]
 
 Starts the simulator and metergate as ``tests.benchmarks.perf`` does (gunicorn, two
-workers, PostgreSQL, Redis, every feature on), warms up, then runs wrk at the given
-concurrency while ``py-spy record --gil --format raw`` samples each worker. Prints the
-functions that hold the GIL most, by own time and by inclusive time (shares of all
-samples), and keeps the collapsed stacks in ``.bench/`` for flame graphs
-(``flamegraph.pl`` or speedscope). Not collected by pytest.
+workers, gevent as shipped or gthread, PostgreSQL, Redis, every feature on), warms up,
+then runs wrk at the given concurrency while ``py-spy record --gil --format raw``
+samples each worker. Prints the functions that hold the GIL most, by own time and by
+inclusive time (shares of all samples), and keeps the collapsed stacks in ``.bench/``
+for flame graphs (``flamegraph.pl`` or speedscope). Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hit", action="store_true", help="cache hits (the same question)")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument(
+        "--worker-class", default="gevent", help="gunicorn's (gevent, as shipped; or gthread)"
+    )
     args = parser.parse_args(argv)
     BENCH_DIR.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         dep = stack.enter_context(deployment(log_dir))
         sim = start_simulator(log_dir)
         stack.callback(sim.stop)
-        mg = start_metergate(log_dir, dep, sim.base_url, "gthread", THREADS)
+        threads = THREADS if args.worker_class == "gthread" else 1
+        mg = start_metergate(log_dir, dep, sim.base_url, args.worker_class, threads)
         stack.callback(mg.stop)
         wrk(mg, args.concurrency, 3, mode=mode, stream=args.stream)  # warm-up
         spies = []

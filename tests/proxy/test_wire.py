@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,34 +115,59 @@ ANSWER = (
 
 
 class _Canned(BaseHTTPRequestHandler):
-    """Answers every request with ``ANSWER``, byte for byte, keeping the connection."""
+    """Answers every request with ``ANSWER``, byte for byte: it keeps the connection, or
+    with ``_Server.is_closing`` closes it after answering (the answer does not say so)."""
 
     protocol_version = "HTTP/1.1"
+    server: _Server
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
         self.wfile.write(ANSWER)
+        self.close_connection = self.server.is_closing
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    is_closing = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Canned)
+        self.closed = threading.Semaphore(0)  # released as each connection is closed
+        self.accepted = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.accepted += 1
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        self.closed.release()
+
+
 @contextmanager
-def _canned_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
-    server.daemon_threads = True
+def _canned_server() -> Iterator[_Server]:
+    server = _Server()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield server
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
 
 
+def _url(server: _Server) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
 def test_the_hot_paths_pool_reads_headers_as_urllib3_does() -> None:
-    with _canned_server() as base_url:
+    with _canned_server() as server:
+        base_url = _url(server)
         pool = direct_pool(base_url + "/v1")
         assert pool is not None and pool.ConnectionCls is wire.Connection
         stock = urllib3.PoolManager().connection_from_url(base_url)
@@ -157,3 +183,27 @@ def test_the_hot_paths_pool_reads_headers_as_urllib3_does() -> None:
         assert answers[0].headers["x-ratelimit-remaining-tokens"] == "149984 "
         assert [answer.data for answer in answers] == [b"{}"] * 3
         assert pool.num_connections == 1
+
+
+def test_readable_now_sees_bytes_waiting_and_a_closed_peer() -> None:
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        assert not wire.is_readable_now(ours)
+        peer.sendall(b"x")
+        assert wire.is_readable_now(ours)
+        ours.recv(1)
+        assert not wire.is_readable_now(ours)
+        peer.close()
+        assert wire.is_readable_now(ours)
+
+
+def test_a_connection_the_provider_closed_while_idle_is_not_reused() -> None:
+    with _canned_server() as server:
+        server.is_closing = True
+        pool = direct_pool(_url(server))
+        assert pool is not None
+        for _ in range(3):
+            answer = pool.urlopen("POST", "/v1/chat/completions", body=b"{}", retries=False)
+            assert answer.data == b"{}"
+            assert server.closed.acquire(timeout=10)  # closed before the next call
+        assert server.accepted == 3
