@@ -21,9 +21,7 @@ from proxy.readiness import RedisParser
 def pool(redis_url: str, request: pytest.FixtureRequest) -> Iterator[BlockingConnectionPool]:
     """A pool whose connections check with our parser, or with redis-py's own: each test
     asserts the same answers of both."""
-    pool = BlockingConnectionPool.from_url(
-        redis_url, max_connections=4, parser_class=request.param
-    )
+    pool = BlockingConnectionPool.from_url(redis_url, max_connections=4, parser_class=request.param)
     try:
         yield pool
     finally:
