@@ -95,3 +95,33 @@ def test_a_workers_first_call_to_a_provider_forks_no_process() -> None:
     # worker runs Python in the child); the master asks once, and every worker inherits it.
     assert any("uname" in line for line in spawned_by_first_calls("cold"))
     assert spawned_by_first_calls("warmed") == []
+
+
+# As a gunicorn gevent worker meets it: redis-py imported first (by the master), gevent's
+# patches after, then the app's Redis client made in the worker.
+REDIS_POOL = """
+import sys
+import redis
+from gevent import monkey
+monkey.patch_all()
+import gevent.queue
+from proxy.app import _redis_for
+
+client = _redis_for(sys.argv[1])
+assert client.ping() and client.ping()
+pool = client.connection_pool
+print(type(pool.pool) is gevent.queue.LifoQueue, sum(1 for c in pool.pool.queue if c))
+"""
+
+
+def test_in_a_gevent_worker_redis_connections_wait_in_gevents_queue(redis_url: str) -> None:
+    # redis-py's default queue class is the one it imported before gevent patched it:
+    # each get and put of a connection would take a trip round gevent's hub.
+    done = subprocess.run(
+        [sys.executable, "-c", REDIS_POOL, redis_url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.split() == ["True", "1"]  # gevent's queue; the connection reused
