@@ -112,7 +112,10 @@ class Settings(BaseSettings):
     config_poll_seconds: float = Field(
         1.0, description="How often each proxy process checks for config changes."
     )
-    record_batch_size: int = Field(200, description="Records written per database batch.")
+    record_batch_size: int = Field(
+        200,
+        description="Records written per database batch (a backlog: up to ten times as many).",
+    )
     record_flush_seconds: float = Field(
         0.2, description="Longest wait before queued records are written."
     )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -234,34 +235,63 @@ def test_a_full_batch_is_written_without_waiting_out_the_gathering(
 ) -> None:
     """Records gather for ``flush_seconds`` without waking the writer for each one; a
     batch that fills up is written at once (here long before the 60 s gathering ends),
-    and what is left waits for the next."""
+    and a record queued after it waits for the next."""
     upgrade(db_url)
     engine = make_engine(db_url)
     writer = RecordWriter(engine, tmp_path, batch_size=3, flush_seconds=60.0)
     writer.start()
-    try:
-        records = [_record() for _ in range(4)]
-        for record in records:
-            writer.submit(record)
+    records = [_record() for _ in range(4)]
 
-        def stored() -> int:
-            with engine.connect() as connection:
-                ids = [record.id for record in records]
-                return int(
-                    connection.scalar(
-                        select(func.count())
-                        .select_from(RequestRecord)
-                        .where(RequestRecord.id.in_(ids))
-                    )
-                    or 0
+    def stored() -> int:
+        with engine.connect() as connection:
+            ids = [record.id for record in records]
+            return int(
+                connection.scalar(
+                    select(func.count()).select_from(RequestRecord).where(RequestRecord.id.in_(ids))
                 )
+                or 0
+            )
 
+    try:
+        for record in records[:3]:
+            writer.submit(record)
         assert wait_for(stored, timeout=20.0) == 3
+        writer.submit(records[3])
         assert writer.flush()  # the fourth, written now instead of a minute from now
         assert stored() == 4
     finally:
         writer.close()
         engine.dispose()
+
+
+def test_a_backlog_is_written_in_larger_batches(tmp_path: Path) -> None:
+    """While a write is slow, records queue; the writer then takes up to ten full
+    batches at a time, so a backlog is caught up in fewer writes (each write's round
+    trips, not its records, are what a busy worker makes slow)."""
+    sizes: list[int] = []
+    first_taken, release = threading.Event(), threading.Event()
+
+    def slow_write(engine: Any, batch: Sequence[CallRecord]) -> None:
+        sizes.append(len(batch))
+        first_taken.set()
+        assert release.wait(30)
+
+    writer = RecordWriter(
+        make_engine("sqlite://"), tmp_path, batch_size=10, flush_seconds=60.0, write=slow_write
+    )
+    for _ in range(10):  # a full batch, queued before the writer starts: taken at once
+        writer.submit(_record())
+    writer.start()
+    try:
+        assert first_taken.wait(30)  # the first batch is being written: the rest queue
+        for _ in range(250):
+            writer.submit(_record())
+        release.set()
+        assert writer.flush(timeout=30)
+        assert sizes == [10, 100, 100, 50]
+        assert writer.written_count == 260
+    finally:
+        writer.close()
 
 
 def test_an_observer_that_raises_costs_no_record(db_url: str, tmp_path: Path) -> None:
