@@ -37,7 +37,8 @@ second; 500 concurrent clients stream for ``--realistic-seconds`` directly, thro
 floor and through metergate, each with gunicorn's gthread workers (256 threads each)
 and with gevent workers; it reports sustained throughput against the ideal 500/s,
 added latency percentiles, CPU per stream, and RSS per worker before the run, every sixth
-of it and at its end (whether memory levels off under the load).
+of it and at its end (whether memory levels off under the load); for metergate also the
+record queue's depth (``/readyz``) every sixth of the run (whether its writer keeps up).
 
 Results are also written to ``.bench/perf-<time>.json``. Not collected by pytest.
 """
@@ -901,13 +902,20 @@ def realistic(log_dir: Path, dep: Deployment, seconds: float, results: Results) 
                 wrk(server, 50, 3, stream=True, timeout_seconds=30)  # warm-up
                 if server.name == "metergate":
                     warm_every_worker(server)
-                with sampled_rss(server, seconds / RSS_SAMPLES) as rss:
+                interval = seconds / RSS_SAMPLES
+                with (
+                    sampled_rss(server, interval) as rss,
+                    sampled_queue(server, interval) as depths,
+                ):
                     run = wrk(server, REALISTIC_CLIENTS, seconds, stream=True, timeout_seconds=30)
             finally:
                 server.stop()
             results.add(label, "realistic", REALISTIC_CLIENTS, run)
             results.extra.setdefault("realistic_rss", {})[label] = rss
             print(_realistic_line(label, run, direct, rss))
+            if depths:
+                results.extra.setdefault("realistic_record_queue", {})[label] = depths
+                print(f"    record queue depth (a worker's, every {interval:.0f} s): {depths}")
 
 
 @contextmanager
@@ -930,6 +938,33 @@ def sampled_rss(server: Server, interval: float) -> Iterator[list[float]]:
         done.set()
         sampler.join()
         samples.append(server.rss_per_worker())
+
+
+@contextmanager
+def sampled_queue(server: Server, interval: float) -> Iterator[list[int]]:
+    """metergate's record queue depth (``/readyz``: the worker that answers), every
+    ``interval`` seconds while the block runs: whether the record writer keeps up."""
+    depths: list[int] = []
+    if server.name != "metergate":
+        yield depths
+        return
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(interval):
+            try:
+                ready = httpx.get(server.base_url + "/readyz", timeout=10).json()
+            except (httpx.HTTPError, ValueError):
+                continue  # a busy moment: the next sample
+            depths.append(int(ready["record_queue_depth"]))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield depths
+    finally:
+        done.set()
+        sampler.join()
 
 
 def _realistic_line(name: str, run: Run, direct: Run | None, rss: list[float] | None) -> str:
