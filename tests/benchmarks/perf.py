@@ -919,16 +919,18 @@ def realistic(log_dir: Path, dep: Deployment, seconds: float, results: Results) 
 
 
 @contextmanager
-def sampled_rss(server: Server, interval: float) -> Iterator[list[float]]:
-    """RSS per worker (the largest worker's, MiB) now, every ``interval`` seconds while
-    the block runs, and at its end: whether memory levels off under the load or keeps
-    growing."""
-    samples = [server.rss_per_worker()]
+def sampling(read: Callable[[], Any], interval: float, first: list[Any]) -> Iterator[list[Any]]:
+    """``first``, then ``read()`` every ``interval`` seconds while the block runs (a read
+    that fails over HTTP is left out: a busy moment)."""
+    samples = list(first)
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(interval):
-            samples.append(server.rss_per_worker())
+            try:
+                samples.append(read())
+            except (httpx.HTTPError, ValueError):
+                continue
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -937,34 +939,32 @@ def sampled_rss(server: Server, interval: float) -> Iterator[list[float]]:
     finally:
         done.set()
         sampler.join()
-        samples.append(server.rss_per_worker())
+
+
+@contextmanager
+def sampled_rss(server: Server, interval: float) -> Iterator[list[float]]:
+    """RSS per worker (the largest worker's, MiB) now, every ``interval`` seconds while
+    the block runs, and at its end: whether memory levels off under the load or keeps
+    growing."""
+    with sampling(server.rss_per_worker, interval, [server.rss_per_worker()]) as samples:
+        yield samples
+    samples.append(server.rss_per_worker())
 
 
 @contextmanager
 def sampled_queue(server: Server, interval: float) -> Iterator[list[int]]:
     """metergate's record queue depth (``/readyz``: the worker that answers), every
     ``interval`` seconds while the block runs: whether the record writer keeps up."""
-    depths: list[int] = []
     if server.name != "metergate":
-        yield depths
+        yield []
         return
-    done = threading.Event()
 
-    def sample() -> None:
-        while not done.wait(interval):
-            try:
-                ready = httpx.get(server.base_url + "/readyz", timeout=10).json()
-            except (httpx.HTTPError, ValueError):
-                continue  # a busy moment: the next sample
-            depths.append(int(ready["record_queue_depth"]))
+    def depth() -> int:
+        ready = httpx.get(server.base_url + "/readyz", timeout=10).json()
+        return int(ready["record_queue_depth"])
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with sampling(depth, interval, []) as depths:
         yield depths
-    finally:
-        done.set()
-        sampler.join()
 
 
 def _realistic_line(name: str, run: Run, direct: Run | None, rss: list[float] | None) -> str:
