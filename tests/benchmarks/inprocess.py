@@ -1,7 +1,7 @@
 """CPU per call of the proxy app itself, without gunicorn: calls made through WSGI in-process.
 
     .venv/bin/python -m tests.benchmarks.inprocess [--calls 4000] [--threads 1] [--stream]
-                                                   [--hit] [--floor] [--rounds 3]
+                                                   [--hit] [--floor] [--rounds 3] [--gevent]
 
 The simulator runs in its own process (as in ``tests.benchmarks.perf``); metergate's app
 (``create_app``, every feature on: PostgreSQL, Redis, its writer and poll threads) or,
@@ -11,7 +11,10 @@ prints the CPU per call (this process's, all threads), split by thread, with vol
 context switches per call (the live threads'). No server, load generator or client
 socket shares the measurement, so two versions compare within a few percent where
 ``perf.py``'s figures move by more: run each version's rounds in turn (``git
-worktree`` for the other). Not collected by pytest.
+worktree`` for the other). With ``--gevent`` the process runs under gevent's patches,
+applied after its imports as in a gunicorn gevent worker (whose master imported redis,
+psycopg and the rest before the worker patched): what gevent adds to a call shows
+(its threads are greenlets, so the CPU is all on one thread). Not collected by pytest.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import io
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -34,6 +38,15 @@ import orjson
 from tests.benchmarks import perf
 
 WARM_UP_CALLS = 300
+UNDER_GEVENT = """
+import sys
+from gevent import monkey
+from tests.benchmarks import inprocess  # imported first, as a gunicorn master imports
+monkey.patch_all()
+from proxy.server import make_psycopg_cooperative
+make_psycopg_cooperative()  # as ProxyApplication.load does in a gevent worker
+sys.exit(inprocess.main(sys.argv[1:]))
+"""
 
 
 def chat_body(question: str, stream: bool) -> bytes:
@@ -51,6 +64,9 @@ def chat_body(question: str, stream: bool) -> bytes:
 def thread_cpu() -> dict[str, int]:
     """Nanoseconds on CPU so far, per thread of this process (by name)."""
     names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        names = {thread_id: "greenlets" for thread_id in names}  # one OS thread for all
     spent: dict[str, int] = {}
     for tid in os.listdir("/proc/self/task"):
         try:
@@ -152,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream", action="store_true", help="streamed answers (2 ms a token)")
     parser.add_argument("--floor", action="store_true", help="the bare forwarder instead")
     parser.add_argument("--hit", action="store_true", help="the same question: cache hits")
+    parser.add_argument("--gevent", action="store_true", help="under gevent's patches")
     args = parser.parse_args(argv)
+    if args.gevent:
+        rest = [arg for arg in (sys.argv[1:] if argv is None else argv) if arg != "--gevent"]
+        return subprocess.call([sys.executable, "-c", UNDER_GEVENT, *rest])
     with TemporaryDirectory() as tmp, perf.deployment(Path(tmp)) as dep:
         simulator = perf.start_simulator(Path(tmp))
         app: Any = None
