@@ -35,7 +35,9 @@ class RedisParser(_HiredisParser):  # type: ignore[misc]  # redis-py's parser is
     Only that answer is taken here: with no reply buffered and nothing on the socket,
     redis-py's own check would say False after its poll. Anything else (a buffered reply,
     bytes or a close on the socket, TLS bytes already decrypted, a timeout) goes to
-    redis-py's check as it is.
+    redis-py's check as it is. It reads the parser's ``_reader`` and ``_sock`` as redis-py
+    8 keeps them (``pyproject.toml`` asks for redis>=8.1); ``tests/proxy/test_readiness.py``
+    checks its answers against redis-py's own parser case by case.
     """
 
     def can_read(self, timeout: float = 0) -> bool:
