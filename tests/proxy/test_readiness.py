@@ -3,6 +3,7 @@ the checks still see what redis-py's and urllib3's own see."""
 
 from __future__ import annotations
 
+import ast
 import select
 import subprocess
 import sys
@@ -131,6 +132,6 @@ def test_in_a_gevent_process_the_check_never_waits_on_the_hub() -> None:
     out = subprocess.run(
         [sys.executable, "-c", GEVENT_SCRIPT], capture_output=True, text=True, check=True
     ).stdout
-    ours, gevents = eval(out)  # noqa: S307  # our own script's repr of tuples
+    ours, gevents = ast.literal_eval(out)
     assert ours == ("is_readable_now", False, True, 0)
     assert gevents[:3] == ("patched_poll", False, True) and gevents[3] > 0
