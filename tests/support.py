@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
+import redis
 from flask import Flask
 from sqlalchemy import Engine, func, select
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -49,6 +50,21 @@ def drop_pg_database(url: str) -> None:
     name = url.rsplit("/", 1)[-1]
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def kill_idle_connection(pool: redis.ConnectionPool, redis_url: str) -> Any:
+    """Take a connection from ``pool``, give it back idle, and have the Redis server
+    close it (``CLIENT KILL``), as a server restart or idle timeout would. Returns it."""
+    connection: Any = pool.get_connection()
+    connection.send_command("CLIENT", "ID")
+    client_id = connection.read_response()
+    pool.release(connection)
+    killer = redis.Redis.from_url(redis_url)
+    try:
+        assert killer.client_kill_filter(_id=client_id) == 1
+    finally:
+        killer.close()
+    return connection
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:

@@ -93,11 +93,10 @@ class LazySdk:
                     client = make(http_client=http, **self._options)
                     base_url = str(client.base_url)
                     if self._sender is None:
-                        headers, per_call = sdk_headers(make, self._options)
                         self._sender = RawSender(
                             http,
                             base_url,
-                            (headers, per_call),
+                            sdk_headers(make, self._options),
                             pool=direct_pool(base_url),
                         )
                         self._log_sender("import")

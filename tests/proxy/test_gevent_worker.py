@@ -36,16 +36,21 @@ print(sum(started < at < ended for at in ticks))
 """
 
 
-def ticks_during_query(pg_url: str, mode: str) -> int:
-    url = pg_url.replace("postgresql+psycopg://", "postgresql://")
+def run_python(script: str, *args: str, timeout: float = 60) -> str:
+    """What ``script`` prints, run in a fresh interpreter with ``args``."""
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, url, mode],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         check=True,
-        timeout=60,
+        timeout=timeout,
     )
-    return int(done.stdout.strip())
+    return done.stdout
+
+
+def ticks_during_query(pg_url: str, mode: str) -> int:
+    url = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    return int(run_python(SCRIPT, url, mode).strip())
 
 
 def test_other_calls_run_while_a_gevent_worker_waits_for_postgresql(pg_url: str) -> None:
@@ -80,14 +85,7 @@ for module, client_class, base_url in (
 
 
 def spawned_by_first_calls(mode: str) -> list[str]:
-    done = subprocess.run(
-        [sys.executable, "-c", FIRST_CALLS, mode],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return done.stdout.splitlines()
+    return run_python(FIRST_CALLS, mode, timeout=120).splitlines()
 
 
 def test_a_workers_first_call_to_a_provider_forks_no_process() -> None:
@@ -117,11 +115,5 @@ print(type(pool.pool) is gevent.queue.LifoQueue, sum(1 for c in pool.pool.queue 
 def test_in_a_gevent_worker_redis_connections_wait_in_gevents_queue(redis_url: str) -> None:
     # redis-py's default queue class is the one it imported before gevent patched it:
     # each get and put of a connection would take a trip round gevent's hub.
-    done = subprocess.run(
-        [sys.executable, "-c", REDIS_POOL, redis_url],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    assert done.stdout.split() == ["True", "1"]  # gevent's queue; the connection reused
+    # gevent's queue, and the one connection reused:
+    assert run_python(REDIS_POOL, redis_url).split() == ["True", "1"]

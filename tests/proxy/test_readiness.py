@@ -16,6 +16,7 @@ from redis.connection import DefaultParser
 
 from proxy.app import _redis_for
 from proxy.readiness import RedisParser
+from tests.support import kill_idle_connection
 
 
 @pytest.fixture(params=[RedisParser, DefaultParser], ids=["ours", "redis-py's"])
@@ -78,15 +79,7 @@ def test_a_reply_already_in_the_parsers_buffer_is_seen(pool: BlockingConnectionP
 def test_a_connection_the_server_closed_is_not_handed_out(
     pool: BlockingConnectionPool, redis_url: str
 ) -> None:
-    idle = pool.get_connection()
-    idle.send_command("CLIENT", "ID")
-    client_id = idle.read_response()
-    pool.release(idle)
-    admin = redis.Redis.from_url(redis_url)
-    try:
-        assert admin.client_kill_filter(_id=client_id) == 1
-    finally:
-        admin.close()
+    idle = kill_idle_connection(pool, redis_url)
     _wait_readable(idle)  # the server's close has arrived
     with pytest.raises(redis.ConnectionError, match="closed by server"):
         idle.can_read()

@@ -15,6 +15,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from proxy.script_batch import ScriptBatch
+from tests.support import kill_idle_connection
 
 INCR_BY = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 FAIL = "return redis.error_reply('stage failed')"
@@ -133,16 +134,7 @@ def test_a_connection_redis_closed_costs_no_stage_its_outcome(
     first = ScriptBatch(client)
     read_first = first.later(incr, [key], [1])
     first.run()
-    pool = client.connection_pool
-    connection: Any = pool.get_connection()
-    connection.send_command("CLIENT", "ID")
-    connection_id = connection.read_response()
-    pool.release(connection)
-    killer = redis.Redis.from_url(redis_url)
-    try:
-        assert killer.client_kill_filter(_id=connection_id) == 1
-    finally:
-        killer.close()
+    kill_idle_connection(client.connection_pool, redis_url)
 
     second = ScriptBatch(client)
     read_second = second.later(incr, [key], [10])
