@@ -39,11 +39,19 @@ _PATTERN: Final = re.compile(
     r")"
 )
 _CARD_SEPARATORS: Final = str.maketrans("", "", " -")
+# What any match of ``_PATTERN`` holds: a key's prefix, an AWS id's, the bearer word, or
+# the first thirteen characters of a card number. A text with none of them (nearly every
+# body) is returned after these searches, about a third of the cost of ``_PATTERN``'s
+# scan, whose lookahead is tried at every position.
+_MARKERS: Final = ("sk-", "mg-", "AKIA", "ASIA", "Bearer")
+_CARD_START: Final = re.compile(r"[2-6]\d{3}(?:[ \-]?\d){9}")
 
 
 def redact(text: str) -> str:
     """``text`` with every secret listed in the module docstring replaced by
     ``[REDACTED:<kind>]``. Pure; never raises."""
+    if not any(marker in text for marker in _MARKERS) and _CARD_START.search(text) is None:
+        return text
     return _PATTERN.sub(_replacement, text)
 
 

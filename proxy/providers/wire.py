@@ -30,6 +30,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from proxy.readiness import is_readable_now
 
+_REQUEST_STARTED = http.client._CS_REQ_STARTED  # type: ignore[attr-defined]
+
 # A block of plain fields: each line a field name (visible ASCII but ':'), a colon and a
 # value without CR or LF, ended by LF or CRLF; then the blank line (or none, at EOF).
 _PLAIN_BLOCK = re.compile(r"(?:[!-9;-~]+:[^\r\n]*\r?\n)*(?:\r?\n)?")
@@ -69,6 +71,13 @@ class QuickHeadersResponse(http.client.HTTPResponse):
     begin = _begin_with(parse_headers)
 
 
+# Header lines already checked and encoded by ``http.client``, by (name, *values): most
+# of a provider request's headers are the same on every call (the SDK's own, the key).
+HEADER_LINES_KEPT = 256  # emptied when full: per-call values (content-length) churn
+_header_lines: dict[tuple[Any, ...], bytes] = {}
+_KEPT_TYPES = (str, bytes)
+
+
 class _Quick:
     """What the pool's connections change of urllib3's: their responses' headers are read
     by ``parse_headers``, and before the pool hands one out again it is checked by
@@ -82,12 +91,32 @@ class _Quick:
     def is_connected(self) -> bool:
         return self.sock is not None and not is_readable_now(self.sock)
 
+    def putheader(self, header: str, *values: str) -> None:
+        """urllib3's ``putheader``, each distinct line checked and encoded once: a line
+        seen before goes out as ``http.client`` made it then."""
+        key = None
+        # Only a str name with one str or bytes value: equal keys then encode alike (an int
+        # or a bool value could equal one that encodes otherwise).
+        if type(header) is str and len(values) == 1 and type(values[0]) in _KEPT_TYPES:
+            key = (header, values[0])
+            line = _header_lines.get(key)
+            if line is not None and self._HTTPConnection__state == _REQUEST_STARTED:  # type: ignore[attr-defined]
+                self._output(line)  # type: ignore[attr-defined]
+                return
+        buffered = len(self._buffer)  # type: ignore[attr-defined]
+        super().putheader(header, *values)  # type: ignore[misc]  # checks; raises as it does
+        # Kept if it made one line (urllib3 makes none for a skipped header).
+        if key is not None and len(self._buffer) == buffered + 1:  # type: ignore[attr-defined]
+            if len(_header_lines) >= HEADER_LINES_KEPT:
+                _header_lines.clear()
+            _header_lines[key] = self._buffer[-1]  # type: ignore[attr-defined]
 
-class Connection(_Quick, HTTPConnection):
+
+class Connection(_Quick, HTTPConnection):  # type: ignore[misc]  # putheader: as urllib3 has it
     pass
 
 
-class TlsConnection(_Quick, HTTPSConnection):
+class TlsConnection(_Quick, HTTPSConnection):  # type: ignore[misc]  # the same
     pass
 
 

@@ -16,6 +16,8 @@ import pytest
 import urllib3
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from urllib3.connection import HTTPConnection
+from urllib3.util import SKIP_HEADER
 
 from proxy.providers import wire
 from proxy.providers.sdk import direct_pool
@@ -207,3 +209,67 @@ def test_a_connection_the_provider_closed_while_idle_is_not_reused() -> None:
             assert answer.data == b"{}"
             assert server.closed.acquire(timeout=10)  # closed before the next call
         assert server.accepted == 3
+
+
+def _sent(connection: Any, headers: dict[str, Any]) -> bytes:
+    """What ``connection`` sends for a POST with ``headers``, caught before any socket."""
+    sent: list[bytes] = []
+    connection.send = sent.append
+    connection.request("POST", "/v1/chat/completions", body=b"{}", headers=headers)
+    return b"".join(sent)
+
+
+SDK_HEADERS = {
+    "accept": "application/json",
+    "user-agent": "OpenAI/Python 2.8.1",
+    "x-stainless-os": "Linux",
+    "authorization": "Bearer sk-bench-0123456789",
+    "x-meta": "caf\xe9".encode(),  # a non-ASCII value goes as bytes
+}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        SDK_HEADERS,
+        {**SDK_HEADERS, "x-stainless-retry-count": "0", "content-length": "2"},
+        {"User-Agent": SKIP_HEADER, "accept": "text/event-stream"},  # urllib3 skips it
+    ],
+)
+def test_requests_go_out_as_urllib3_sends_them(headers: dict[str, Any]) -> None:
+    for _ in range(3):  # the later times from the lines kept
+        assert _sent(wire.Connection("127.0.0.1", 1), headers) == _sent(
+            HTTPConnection("127.0.0.1", 1), headers
+        )
+
+
+def test_values_that_are_equal_but_encode_apart_are_not_mixed_up() -> None:
+    for headers in ({"x-n": 1}, {"x-n": True}, {"x-n": "1"}, {"x-n": b"1"}) * 2:
+        assert _sent(wire.Connection("127.0.0.1", 1), headers) == _sent(
+            HTTPConnection("127.0.0.1", 1), headers
+        )
+
+
+def test_header_lines_are_kept_once_checked() -> None:
+    _sent(wire.Connection("127.0.0.1", 1), SDK_HEADERS)
+    assert wire._header_lines[("x-stainless-os", "Linux")] == b"x-stainless-os: Linux"
+    for index in range(wire.HEADER_LINES_KEPT + 10):  # per-call values churn, bounded
+        _sent(wire.Connection("127.0.0.1", 1), {"x-request": str(index)})
+        assert len(wire._header_lines) <= wire.HEADER_LINES_KEPT
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("x-bad", "a\r\nb"), ("bad:name", "x"), ("x-bad", "a\nb")]
+)
+def test_a_bad_header_is_refused_every_time(name: str, value: str) -> None:
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            _sent(wire.Connection("127.0.0.1", 1), {name: value})
+    assert (name, value) not in wire._header_lines
+
+
+def test_a_kept_line_is_still_refused_outside_a_request() -> None:
+    _sent(wire.Connection("127.0.0.1", 1), SDK_HEADERS)
+    assert ("accept", "application/json") in wire._header_lines
+    with pytest.raises(http.client.CannotSendHeader):
+        wire.Connection("127.0.0.1", 1).putheader("accept", "application/json")
