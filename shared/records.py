@@ -16,7 +16,7 @@ SQLite takes the same rows through SQLAlchemy's multi-row ``INSERT``s.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, overload
@@ -133,12 +133,16 @@ def _insert(engine: Engine, table: Any) -> Insert:
     raise NotImplementedError(f"unsupported database dialect {engine.dialect.name}")
 
 
-def write_records(engine: Engine, records: Sequence[CallRecord]) -> None:
+def write_records(
+    engine: Engine, records: Sequence[CallRecord], pause: Callable[[], None] | None = None
+) -> None:
     """Write a batch in one transaction; records already present are skipped.
 
     Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot take them;
-    the caller keeps the batch (spools it) and tries again later.
+    the caller keeps the batch (spools it) and tries again later. ``pause`` is called
+    after each record's rows are built and written (the record writer's ``Pacer``).
     """
+    pause = pause or _no_pause
     if not records:
         return
     metadata_rows = []
@@ -166,6 +170,7 @@ def write_records(engine: Engine, records: Sequence[CallRecord]) -> None:
                 "response_body": _clean_text(record.response_body),
             }
         )
+        pause()
     flag_rows = [
         {
             "record_id": record.id,
@@ -180,7 +185,7 @@ def write_records(engine: Engine, records: Sequence[CallRecord]) -> None:
     ]
     with engine.begin() as connection:
         if engine.dialect.name == "postgresql":
-            _write_staged(connection, metadata_rows, body_rows)
+            _write_staged(connection, metadata_rows, body_rows, pause)
         else:
             inserted = connection.execute(
                 _insert(engine, RequestRecord.__table__).returning(RequestRecord.__table__.c.id),
@@ -205,6 +210,7 @@ def _write_staged(
     connection: Connection,
     metadata_rows: Sequence[dict[str, Any]],
     body_rows: Sequence[dict[str, Any]],
+    pause: Callable[[], None],
 ) -> None:
     """PostgreSQL: COPY the batch into staging, insert what is new, sum it into the rollups."""
     driver = connection.connection.driver_connection
@@ -214,6 +220,7 @@ def _write_staged(
         with cursor.copy(_COPY_RECORDS) as copy:
             for row in metadata_rows:
                 copy.write_row([_copy_value(name, row[name]) for name in _RECORD_COLUMNS])
+                pause()
         cursor.execute(_INSERT_STAGED_RECORDS)
         new_ids = [new_id for (new_id,) in cursor.fetchall()]
         if new_ids:
@@ -224,7 +231,12 @@ def _write_staged(
         with cursor.copy(_COPY_BODIES) as copy:
             for row in body_rows:
                 copy.write_row([row[name] for name in _BODY_COLUMNS])
+                pause()
         cursor.execute(_INSERT_STAGED_BODIES)
+
+
+def _no_pause() -> None:
+    pass
 
 
 def _copy_value(name: str, value: Any) -> Any:

@@ -14,11 +14,12 @@ import openai
 import pytest
 from sqlalchemy import func, select
 
-from proxy.recorder import RecordWriter
+from proxy.recorder import PAUSE_SECONDS, Pacer, RecordWriter
 from proxy.simulator import SimulatorThread
 from shared.db import make_engine, upgrade
 from shared.models import RequestBody, RequestRecord
 from shared.records import CallRecord, write_records
+from tests.proxy.test_gevent_worker import run_python
 from tests.relay import TcpRelay
 from tests.support import ProxyServer, running_proxy, seed_accounts, settings_for, wait_for
 
@@ -322,3 +323,81 @@ def test_an_observer_that_raises_costs_no_record(db_url: str, tmp_path: Path) ->
         engine.dispose()
     assert count == 3
     assert shown == [record.id for record in records]  # the next observer still saw them
+
+
+def test_the_pacer_pauses_once_a_slice_is_used_at_most_so_often_a_batch() -> None:
+    slept: list[float] = []
+    pacer = Pacer(slice_seconds=0.0, max_pauses=3, sleep=slept.append)
+    pacer.begin()
+    for _ in range(5):
+        pacer()
+    assert slept == [PAUSE_SECONDS] * 3  # a slice of 0 is used up at every step
+    pacer.begin()  # the next batch
+    pacer()
+    assert len(slept) == 4 and pacer.pauses == 4
+    patient = Pacer(slice_seconds=60.0, sleep=slept.append)
+    patient.begin()
+    for _ in range(100):
+        patient()
+    assert patient.pauses == 0 and len(slept) == 4
+
+
+def test_write_records_paces_each_record_it_builds_and_copies(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    steps: list[None] = []
+    write_records(engine, [_record() for _ in range(7)], pause=lambda: steps.append(None))
+    engine.dispose()
+    # Built, then (PostgreSQL) copied to staging as a record row and as a body row.
+    assert len(steps) == (21 if db_url.startswith("postgresql") else 7)
+
+
+# In a gevent process, a writer with a batch of records on SQLite (whose calls never
+# yield) and a ticker greenlet; prints how often the ticker ran while the batch was
+# being written, and how often the writer paused.
+PACED_WRITER = """
+import sys
+from gevent import monkey
+monkey.patch_all()
+import time, gevent
+from pathlib import Path
+from proxy import recorder
+from shared.db import make_engine, upgrade
+from shared.records import write_records
+from tests.proxy.test_recorder import _record
+url, spool, max_pauses = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+upgrade(url)
+window, ticks = [], []
+def timed_write(*args, **kwargs):
+    window.append(time.perf_counter())
+    write_records(*args, **kwargs)
+    window.append(time.perf_counter())
+writer = recorder.RecordWriter(make_engine(url), spool, batch_size=5000, flush_seconds=60.0)
+writer._pacer = recorder.Pacer(max_pauses=max_pauses)
+writer._write = lambda engine, batch: timed_write(engine, batch, pause=writer._pacer)
+def tick():
+    while True:
+        ticks.append(time.perf_counter())
+        gevent.sleep(0.0002)
+ticker = gevent.spawn(tick)
+for _ in range(3000):
+    writer.submit(_record())
+writer.start()
+assert writer.flush(timeout=60)
+writer.close()
+ticker.kill()
+print(sum(window[0] < at < window[1] for at in ticks), writer._pacer.pauses)
+"""
+
+
+@pytest.mark.parametrize("max_pauses", [16, 0])
+def test_a_batch_lets_other_greenlets_run_while_it_is_written(
+    tmp_path: Path, max_pauses: int
+) -> None:
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    output = run_python(PACED_WRITER, url, str(tmp_path / "spool"), str(max_pauses))
+    ticks_while_writing, pauses = map(int, output.split())
+    if max_pauses:
+        assert pauses >= 1 and ticks_while_writing >= 1
+    else:  # unpaced, as before: nothing else ran until the batch was written
+        assert pauses == 0 and ticks_while_writing == 0
