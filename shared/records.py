@@ -139,8 +139,9 @@ def write_records(
     """Write a batch in one transaction; records already present are skipped.
 
     Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database cannot take them;
-    the caller keeps the batch (spools it) and tries again later. ``pause`` is called
-    after each record's rows are built and written (the record writer's ``Pacer``).
+    the caller keeps the batch (spools it) and tries again later. ``pause`` (the record
+    writer's ``Pacer``) is called after each record's rows are built and, on PostgreSQL,
+    after each row is copied.
     """
     pause = pause or _no_pause
     if not records:
