@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ import openai
 import pytest
 from sqlalchemy import func, select
 
-from proxy.recorder import PAUSE_SECONDS, Pacer, RecordWriter
+from proxy.recorder import BUSY_PAUSE_SECONDS, PAUSE_SECONDS, Pacer, RecordWriter
 from proxy.simulator import SimulatorThread
 from shared.db import make_engine, upgrade
 from shared.models import RequestBody, RequestRecord
@@ -342,6 +343,23 @@ def test_the_pacer_pauses_once_a_slice_is_used_at_most_so_often_a_batch() -> Non
     assert patient.pauses == 0 and len(slept) == 4
 
 
+def test_a_pause_that_found_the_worker_busy_ends_the_pacing_of_its_batch() -> None:
+    paused: list[float] = []
+
+    def busy(seconds: float) -> None:  # the calls let run took this long: a saturated loop
+        paused.append(seconds)
+        time.sleep(BUSY_PAUSE_SECONDS * 2)
+
+    pacer = Pacer(slice_seconds=0.0, max_pauses=5, sleep=busy)
+    pacer.begin()
+    for _ in range(5):
+        pacer()
+    assert len(paused) == 1
+    pacer.begin()  # the next batch is paced again
+    pacer()
+    assert len(paused) == 2
+
+
 def test_write_records_paces_each_record_it_builds_and_copies(db_url: str) -> None:
     upgrade(db_url)
     engine = make_engine(db_url)
@@ -401,3 +419,21 @@ def test_a_batch_lets_other_greenlets_run_while_it_is_written(
         assert pauses >= 1 and ticks_while_writing >= 1
     else:  # unpaced, as before: nothing else ran until the batch was written
         assert pauses == 0 and ticks_while_writing == 0
+
+
+def test_a_writer_thread_outside_gevent_is_not_paced(tmp_path: Path) -> None:
+    """A real thread is preempted by the interpreter; a sleep would only cost it a wait
+    for the GIL behind the calls."""
+    url = f"sqlite:///{tmp_path / 'records.sqlite3'}"
+    upgrade(url)
+    engine = make_engine(url)
+    writer = RecordWriter(engine, tmp_path / "spool", batch_size=5000, flush_seconds=60.0)
+    for _ in range(3000):
+        writer.submit(_record())
+    writer.start()
+    try:
+        assert writer.flush(timeout=60)
+        assert writer.written_count == 3000 and writer._pacer.pauses == 0
+    finally:
+        writer.close()
+        engine.dispose()
