@@ -88,14 +88,13 @@ class Pacer:
 
     def begin(self) -> None:
         self._since = time.perf_counter()
-        self._left = self._max_pauses
+        # Asked at each batch: gevent patches ``time.sleep`` after this is imported.
+        cooperative = self._sleep is not None or is_object_patched("time", "sleep")
+        self._left = self._max_pauses if cooperative else 0
 
     def __call__(self) -> None:
         if self._left and time.perf_counter() - self._since >= self._slice:
             self._left -= 1
-            # Asked at each pause: gevent patches ``time.sleep`` after this is imported.
-            if self._sleep is None and not is_object_patched("time", "sleep"):
-                return
             self.pauses += 1
             paused = time.perf_counter()
             (self._sleep or time.sleep)(PAUSE_SECONDS)
